@@ -1,0 +1,265 @@
+//! Command-line argument groups shared by the commands (model, engine, sampling), their
+//! validation, and their translation into engine and model types.
+//!
+//! Every flag value is checked by clap's value parsers, so a bad value is a one-line error that
+//! names the flag, and nothing is loaded before the command line is known to be valid.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use kvault_engine::engine::EngineConfig;
+use kvault_engine::sampler::SamplingParams;
+use kvault_engine::sizing::{parse_bytes, CacheBudget};
+use kvault_models::model::{load_model, LoadOptions, LoadedModel};
+use kvault_models::source::ModelSource;
+use kvault_scheduler::PolicyKind;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model: a local folder (config.json + safetensors), a .gguf file, or a Hugging Face id
+    /// `org/name[@revision]`. Default: the embedded stories260K.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// Compute dtype. `auto`: f32 on CPU with GGUF weights kept quantized; `f32` also
+    /// dequantizes GGUF weights at load.
+    #[arg(long, value_enum, default_value_t = DtypeArg::Auto)]
+    pub dtype: DtypeArg,
+    /// Device: `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DtypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<LoadedModel> {
+        let device = parse_device(&self.device)?;
+        let dtype = match self.dtype {
+            DtypeArg::Auto => None,
+            DtypeArg::F32 => Some(DType::F32),
+            DtypeArg::F16 => Some(DType::F16),
+            DtypeArg::Bf16 => Some(DType::BF16),
+        };
+        if device.is_cpu() && matches!(dtype, Some(DType::F16 | DType::BF16)) {
+            tracing::warn!("half-precision compute on CPU upcasts on every matmul; f32 is faster here");
+        }
+        let source = ModelSource::parse(self.model.as_deref())?;
+        load_model(&source, &LoadOptions { device, dtype })
+    }
+
+    /// The name the model is served and reported under.
+    pub fn display_name(&self) -> String {
+        self.model.clone().unwrap_or_else(|| kvault_models::embedded::NAME.to_string())
+    }
+}
+
+pub fn parse_device(text: &str) -> Result<Device> {
+    if text == "cpu" {
+        return Ok(Device::Cpu);
+    }
+    if let Some(n) = text.strip_prefix("cuda:").or(if text == "cuda" { Some("0") } else { None }) {
+        let ordinal: usize = n.parse().map_err(|_| anyhow::anyhow!("--device {text}: expected cuda:N"))?;
+        return cuda_device(ordinal);
+    }
+    bail!("--device {text}: expected `cpu` or `cuda:N`")
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    kvault_kernels::cuda::open_device(ordinal)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(ordinal: usize) -> Result<Device> {
+    bail!("--device cuda:{ordinal}: this kvault was built without CUDA support (rebuild with `--features cuda`)")
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16, value_parser = parse_block_size)]
+    pub block_size: usize,
+    /// KV cache size in bytes (e.g. `2GiB`, `512MiB`). Default: 1GiB unless --num-blocks is given.
+    #[arg(long, value_parser = parse_size, conflicts_with = "num_blocks")]
+    pub kv_cache_memory: Option<u64>,
+    /// KV cache size in blocks.
+    #[arg(long, value_parser = parse_positive)]
+    pub num_blocks: Option<usize>,
+    /// Maximum tokens per request (prompt + output). Default: the model's context, capped to
+    /// what the cache holds.
+    #[arg(long, value_parser = parse_positive)]
+    pub max_model_len: Option<usize>,
+    /// Maximum requests running at once.
+    #[arg(long, default_value_t = 256, value_parser = parse_positive)]
+    pub max_num_seqs: usize,
+    /// Maximum tokens computed per step (prefill chunks + decode rows).
+    #[arg(long, default_value_t = 2048, value_parser = parse_positive)]
+    pub max_num_batched_tokens: usize,
+    /// Admission policy.
+    #[arg(long, value_enum, default_value_t = PolicyArg::PastFuture)]
+    pub scheduler: PolicyArg,
+    /// Disable prefix caching.
+    #[arg(long)]
+    pub no_prefix_caching: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    Aggressive,
+    Conservative,
+    PastFuture,
+}
+
+impl EngineArgs {
+    pub fn config(&self, max_queued_requests: usize) -> EngineConfig {
+        let budget = match (self.num_blocks, self.kv_cache_memory) {
+            (Some(n), _) => CacheBudget::Blocks(n),
+            (None, Some(b)) => CacheBudget::Bytes(b),
+            (None, None) => CacheBudget::Bytes(1 << 30),
+        };
+        EngineConfig {
+            block_size: self.block_size,
+            cache_budget: budget,
+            max_model_len: self.max_model_len,
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            policy: match self.scheduler {
+                PolicyArg::Aggressive => PolicyKind::Aggressive,
+                PolicyArg::Conservative => PolicyKind::Conservative,
+                PolicyArg::PastFuture => PolicyKind::PastFuture,
+            },
+            enable_prefix_caching: !self.no_prefix_caching,
+            max_queued_requests,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8, value_parser = parse_temperature)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_unit_open_closed)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_unit_closed)]
+    pub min_p: f32,
+    /// Penalize tokens already in the prompt or output (1 = off).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_repetition_penalty)]
+    pub repetition_penalty: f32,
+    /// OpenAI presence penalty, in [-2, 2].
+    #[arg(long, default_value_t = 0.0, value_parser = parse_openai_penalty)]
+    pub presence_penalty: f32,
+    /// OpenAI frequency penalty, in [-2, 2].
+    #[arg(long, default_value_t = 0.0, value_parser = parse_openai_penalty)]
+    pub frequency_penalty: f32,
+    /// Seed for sampling: the same seed gives the same text.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 256, value_parser = parse_positive)]
+    pub max_tokens: usize,
+    /// Stop when this text is generated (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Keep generating past the end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            max_tokens: self.max_tokens,
+            stop: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+fn parse_f32(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !v.is_finite() {
+        return Err(format!("`{s}` is not a finite number"));
+    }
+    Ok(v)
+}
+
+fn parse_temperature(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if v < 0.0 {
+        return Err(format!("must be >= 0, got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_unit_open_closed(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if !(v > 0.0 && v <= 1.0) {
+        return Err(format!("must be in (0, 1], got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_unit_closed(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("must be in [0, 1], got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_repetition_penalty(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if v <= 0.0 {
+        return Err(format!("must be > 0, got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_openai_penalty(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if !(-2.0..=2.0).contains(&v) {
+        return Err(format!("must be in [-2, 2], got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|_| format!("`{s}` is not a positive integer"))?;
+    if v == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(v)
+}
+
+fn parse_block_size(s: &str) -> Result<usize, String> {
+    let v: usize = s.parse().map_err(|_| format!("`{s}` is not an integer"))?;
+    if ![8, 16, 32].contains(&v) {
+        return Err(format!("must be 8, 16 or 32, got {v}"));
+    }
+    Ok(v)
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s)
+}

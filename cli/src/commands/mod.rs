@@ -1,0 +1,5 @@
+//! One module per `kvault` subcommand.
+
+pub mod chat;
+pub mod generate;
+pub mod generate_batch;

@@ -1,0 +1,44 @@
+//! The `kvault` binary: command-line parsing and dispatch. Errors print as one line on stderr
+//! and exit non-zero; nothing here panics on user input.
+
+mod args;
+mod commands;
+mod prompt;
+
+use clap::{Parser, Subcommand};
+
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVAULT_GIT_COMMIT"), ", ", env!("KVAULT_FEATURES"), ")");
+
+#[derive(Parser, Debug)]
+#[command(name = "kvault", version = VERSION, about = "LLM serving engine with KV-cache memory management")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt (streamed), or run a JSONL file of prompts.
+    Generate(commands::generate::GenerateArgs),
+    /// Interactive multi-turn chat using the model's chat template.
+    Chat(commands::chat::ChatArgs),
+}
+
+fn main() {
+    init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+    };
+    if let Err(e) = result {
+        // `{:#}` joins the context chain on one line: "file: what failed: why".
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KVAULT_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

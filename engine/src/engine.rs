@@ -1,0 +1,438 @@
+//! The engine: one `step()` schedules, runs one batched forward, samples and streams.
+//!
+//! Owns: the waiting and running queues, applying scheduling decisions to the KV cache
+//! manager, and the request lifecycle (admission, preemption by recompute, completion,
+//! abort). Everything runs on one thread; callers reach it through `EngineHandle`.
+//!
+//! Must not know: HTTP, terminals, or which policy decides (that is the scheduler's).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use kvault_models::chat_template::ChatTemplate;
+use kvault_models::model::LoadedModel;
+use kvault_models::special_tokens::SpecialTokens;
+use kvault_models::tokenizer::Tokenizer;
+use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, RequestView, Scheduler, StepDecision, StepInput};
+
+use crate::block_pool::{ExtraKeys, KvCacheManager, PrefixHit};
+use crate::events::{FinishReason, TokenLogprob};
+use crate::model_runner::{BatchEntry, ModelRunner};
+use crate::request::NewRequest;
+use crate::sampler::sample;
+use crate::sequence::{Appended, Sequence, Status};
+use crate::sizing::{size_cache, BlockFootprint, CacheBudget};
+use crate::stats::EngineStats;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub block_size: usize,
+    pub cache_budget: CacheBudget,
+    pub max_model_len: Option<usize>,
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub policy: PolicyKind,
+    pub enable_prefix_caching: bool,
+    /// Requests allowed to wait beyond `max_num_seqs` running ones before submissions are refused.
+    pub max_queued_requests: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            block_size: 16,
+            cache_budget: CacheBudget::Bytes(1 << 30),
+            max_model_len: None,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            policy: PolicyKind::PastFuture,
+            enable_prefix_caching: true,
+            max_queued_requests: 4096,
+        }
+    }
+}
+
+/// What the outside world may know about a running engine.
+#[derive(Clone)]
+pub struct EngineInfo {
+    pub vocab_size: usize,
+    pub max_model_len: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub cache_bytes: u64,
+    pub policy: PolicyKind,
+    pub tokenizer: Arc<Tokenizer>,
+    pub special_tokens: SpecialTokens,
+    pub chat_template: Option<ChatTemplate>,
+    pub weights_description: String,
+}
+
+pub struct Engine {
+    runner: ModelRunner,
+    kv: KvCacheManager,
+    scheduler: Scheduler,
+    info: Arc<EngineInfo>,
+    stats: Arc<EngineStats>,
+    eos_token_ids: Arc<Vec<u32>>,
+    config: EngineConfig,
+    seqs: HashMap<u64, Sequence>,
+    /// Admission order: the last is the newest, the first preemption victim.
+    running: Vec<u64>,
+    /// FIFO; preempted requests go back to the front.
+    waiting: VecDeque<u64>,
+    next_arrival: u64,
+}
+
+impl Engine {
+    pub fn new(model: LoadedModel, config: EngineConfig, stats: Arc<EngineStats>) -> Result<Self> {
+        let cfg = model.model.config().clone();
+        let footprint = BlockFootprint {
+            num_layers: cfg.num_layers,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: cfg.head_dim,
+            block_size: config.block_size,
+            dtype_bytes: model.model.dtype().size_in_bytes(),
+            slot_meta_bytes: 8,
+        };
+        let (size, note) = size_cache(footprint, config.cache_budget, config.max_model_len, cfg.max_position_embeddings)?;
+        if let Some(note) = note {
+            tracing::info!("{note}");
+        }
+        let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size)?;
+        let kv = KvCacheManager::new(size.num_blocks, size.block_size, config.enable_prefix_caching)?;
+        let scheduler = Scheduler::from_config(&PolicyConfig { kind: config.policy, ..PolicyConfig::default() })?;
+        let eos_token_ids = Arc::new(model.special_tokens.eos_token_ids.clone());
+        let info = Arc::new(EngineInfo {
+            vocab_size: cfg.vocab_size,
+            max_model_len: size.max_model_len,
+            block_size: size.block_size,
+            num_blocks: size.num_blocks,
+            cache_bytes: size.bytes,
+            policy: config.policy,
+            tokenizer: model.tokenizer.clone(),
+            special_tokens: model.special_tokens.clone(),
+            chat_template: model.chat_template.clone(),
+            weights_description: model.weights_description.clone(),
+        });
+        stats.set_blocks(size.num_blocks, kv.num_free_blocks());
+        Ok(Self {
+            runner,
+            kv,
+            scheduler,
+            info,
+            stats,
+            eos_token_ids,
+            config,
+            seqs: HashMap::new(),
+            running: Vec::new(),
+            waiting: VecDeque::new(),
+            next_arrival: 0,
+        })
+    }
+
+    pub fn info(&self) -> &Arc<EngineInfo> {
+        &self.info
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.running.is_empty() || !self.waiting.is_empty()
+    }
+
+    pub fn num_free_blocks(&self) -> usize {
+        self.kv.num_free_blocks()
+    }
+
+    /// Queues a validated request. (The handle validated it; requests added directly in tests
+    /// are validated here too, and refused with a Failed event.)
+    pub fn add_request(&mut self, req: NewRequest) {
+        let id = req.id;
+        let mut seq = Sequence::new(
+            req,
+            self.next_arrival,
+            self.info.tokenizer.clone(),
+            self.eos_token_ids.clone(),
+            self.info.max_model_len,
+        );
+        self.next_arrival += 1;
+        if self.seqs.contains_key(&id) {
+            seq.fail(format!("request id {id} is already in use"));
+            return;
+        }
+        if let Err(e) = self.kv.add_request(id, &seq.tokens, ExtraKeys::none()) {
+            seq.fail(format!("{e}"));
+            return;
+        }
+        self.stats.add_prompt_tokens(seq.prompt_len);
+        self.seqs.insert(id, seq);
+        self.waiting.push_back(id);
+        self.publish_queues();
+    }
+
+    pub fn abort(&mut self, id: u64) {
+        if self.seqs.contains_key(&id) {
+            self.finish(id, FinishReason::Abort);
+            self.publish_queues();
+        }
+    }
+
+    pub fn abort_all(&mut self) {
+        let ids: Vec<u64> = self.running.iter().chain(self.waiting.iter()).copied().collect();
+        for id in ids {
+            self.finish(id, FinishReason::Abort);
+        }
+        self.publish_queues();
+    }
+
+    /// One engine iteration. Never panics on request state; a failed forward fails the requests
+    /// in that batch and frees their blocks.
+    pub fn step(&mut self) {
+        self.stats.add_step();
+        self.drop_orphans();
+        let decision = match self.schedule() {
+            Ok(d) => d,
+            Err(e) => {
+                // An inconsistent view is an engine bug; fail everything rather than loop on it.
+                tracing::error!("scheduler refused the engine's view: {e:#}");
+                self.fail_all(&format!("internal scheduling error: {e:#}"));
+                return;
+            }
+        };
+        if let Err(e) = self.apply(&decision) {
+            tracing::error!("applying a scheduling decision failed: {e:#}");
+            self.fail_all(&format!("internal scheduling error: {e:#}"));
+            return;
+        }
+        if !decision.scheduled.is_empty() {
+            self.run_batch(&decision);
+        }
+        self.publish_queues();
+    }
+
+    fn view(&self, id: u64, waiting: bool) -> RequestView {
+        let seq = &self.seqs[&id];
+        let blocks = self.kv.block_table(id).map_or(0, |t| t.len());
+        let exclusive = self
+            .kv
+            .block_table(id)
+            .map_or(0, |t| t.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(1)).count());
+        let (hit_tokens, hit_free) = if waiting && self.config.enable_prefix_caching {
+            let hit = self.kv.find_prefix_hit(&seq.tokens, &ExtraKeys::none());
+            let free = hit.blocks.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(0)).count();
+            (hit.num_tokens, free)
+        } else {
+            (0, 0)
+        };
+        RequestView {
+            id,
+            arrival_seq: seq.arrival_seq,
+            prompt_len: seq.prompt_len,
+            num_tokens: seq.tokens.len(),
+            num_computed_tokens: seq.num_computed,
+            num_output_tokens: seq.num_output(),
+            max_tokens: seq.params.max_tokens,
+            blocks_held: blocks,
+            exclusive_blocks: exclusive,
+            prefix_hit_tokens: hit_tokens,
+            prefix_hit_free_blocks: hit_free,
+            kv_token_cap: None,
+        }
+    }
+
+    fn schedule(&mut self) -> Result<StepDecision> {
+        let running: Vec<RequestView> = self.running.iter().map(|&id| self.view(id, false)).collect();
+        // Only the head of the queue can be admitted this step; looking up prefix hits for the
+        // whole queue would cost O(queue) hashing per step for nothing.
+        let lookahead = self.config.max_num_seqs.saturating_sub(self.running.len()).min(self.waiting.len());
+        let waiting: Vec<RequestView> = self.waiting.iter().take(lookahead).map(|&id| self.view(id, true)).collect();
+        let input = StepInput {
+            running: &running,
+            waiting: &waiting,
+            pool: PoolView {
+                total_blocks: self.info.num_blocks,
+                free_blocks: self.kv.num_free_blocks(),
+                block_size: self.info.block_size,
+            },
+            budgets: Budgets {
+                max_num_batched_tokens: self.config.max_num_batched_tokens,
+                max_num_seqs: self.config.max_num_seqs,
+                max_model_len: self.info.max_model_len,
+            },
+        };
+        Ok(self.scheduler.schedule(&input)?)
+    }
+
+    /// Executes the decision on the KV cache manager, in the order the scheduler's contract
+    /// requires: preempt, then prefix hits, then fresh blocks.
+    fn apply(&mut self, decision: &StepDecision) -> Result<()> {
+        if !decision.preempted.is_empty() {
+            self.stats.add_preemptions(decision.preempted.len());
+            // Oldest first in the list; prepend as one block to keep arrival order at the front.
+            for &id in decision.preempted.iter().rev() {
+                self.kv.free(id)?;
+                self.running.retain(|&r| r != id);
+                let seq = self.seqs.get_mut(&id).context("preempted an unknown request")?;
+                seq.num_computed = 0;
+                seq.status = Status::Waiting;
+                self.waiting.push_front(id);
+            }
+        }
+        // Prefix hits first, for every admitted request: touching a hit block takes it out of the
+        // free queue, so no fresh allocation below can evict it.
+        for chunk in decision.scheduled.iter().filter(|c| c.admitted) {
+            let hit = if chunk.num_prefix_hit_tokens > 0 {
+                let hit = self.kv.get_computed_blocks(chunk.id)?;
+                // Preemption frees blocks without evicting their hashes and hits are taken before
+                // any fresh allocation, so the hit cannot have shrunk since the view; truncating
+                // to what the scheduler planned keeps its block accounting exact.
+                truncate_hit(hit, chunk.num_prefix_hit_tokens, self.info.block_size)
+            } else {
+                PrefixHit::none()
+            };
+            let seq = self.seqs.get_mut(&chunk.id).context("admitted an unknown request")?;
+            seq.num_computed = hit.num_tokens;
+            if seq.cached_tokens.is_none() {
+                seq.cached_tokens = Some(hit.num_tokens);
+                self.stats.add_prefix_lookup(seq.prompt_len, hit.num_tokens);
+            }
+            seq.status = Status::Running;
+            if !hit.blocks.is_empty() {
+                self.kv.allocate_slots(chunk.id, 0, &hit)?;
+            }
+            self.waiting.retain(|&w| w != chunk.id);
+            self.running.push(chunk.id);
+        }
+        for chunk in &decision.scheduled {
+            self.kv.allocate_slots(chunk.id, chunk.num_new_tokens, &PrefixHit::none())?;
+        }
+        Ok(())
+    }
+
+    fn run_batch(&mut self, decision: &StepDecision) {
+        let mut entries = Vec::with_capacity(decision.scheduled.len());
+        let mut samplers = Vec::new();
+        for chunk in &decision.scheduled {
+            let seq = &self.seqs[&chunk.id];
+            let start = seq.num_computed;
+            let end = start + chunk.num_new_tokens;
+            let wants_logits = end == seq.tokens.len();
+            if wants_logits {
+                samplers.push(chunk.id);
+            }
+            entries.push(BatchEntry {
+                tokens: &seq.tokens[start..end],
+                start_pos: start,
+                block_table: self.kv.block_table(chunk.id).unwrap_or(&[]),
+                wants_logits,
+            });
+        }
+        let logits = match self.runner.run(&entries) {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("forward pass failed: {e:#}");
+                tracing::error!("{msg}");
+                for chunk in &decision.scheduled {
+                    if let Some(seq) = self.seqs.get_mut(&chunk.id) {
+                        seq.fail(msg.clone());
+                    }
+                    self.remove(chunk.id, FinishKind::Abort);
+                }
+                return;
+            }
+        };
+        for chunk in &decision.scheduled {
+            if let Some(seq) = self.seqs.get_mut(&chunk.id) {
+                seq.num_computed += chunk.num_new_tokens;
+            }
+        }
+        let mut generated = 0;
+        for (id, mut row) in samplers.into_iter().zip(logits) {
+            let Some(seq) = self.seqs.get_mut(&id) else { continue };
+            let sampled = sample(&mut row, &seq.params, &mut seq.sampler, &seq.tokens[..seq.prompt_len], &seq.tokens[seq.prompt_len..]);
+            let logprob = seq.params.logprobs.map(|_| TokenLogprob {
+                token_id: sampled.token,
+                logprob: sampled.logprob,
+                top: sampled.top_logprobs.clone(),
+            });
+            generated += 1;
+            let outcome = seq.append(sampled.token, logprob);
+            if let Err(e) = self.kv.append_tokens(id, &[sampled.token]) {
+                tracing::error!("request {id}: {e}");
+            }
+            if let Appended::Finished(reason) = outcome {
+                self.remove(id, finish_kind(reason));
+            }
+        }
+        self.stats.add_generation_tokens(generated);
+    }
+
+    /// Ends a request that has not produced its own final event yet.
+    fn finish(&mut self, id: u64, reason: FinishReason) {
+        if let Some(seq) = self.seqs.get_mut(&id) {
+            seq.finish_with(reason, None, String::new());
+        }
+        self.remove(id, finish_kind(reason));
+    }
+
+    /// Frees a request's blocks and forgets it.
+    fn remove(&mut self, id: u64, kind: FinishKind) {
+        let Some(seq) = self.seqs.remove(&id) else { return };
+        if let Err(e) = self.kv.free(id).and_then(|_| self.kv.remove_request(id)) {
+            tracing::error!("request {id}: releasing KV blocks failed: {e}");
+        }
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&w| w != id);
+        self.scheduler.on_request_finished(seq.num_output(), kind);
+        self.stats.add_finished();
+    }
+
+    /// Requests whose caller went away are aborted before they cost another step.
+    fn drop_orphans(&mut self) {
+        let orphans: Vec<u64> = self.seqs.values().filter(|s| s.is_orphaned()).map(|s| s.id).collect();
+        for id in orphans {
+            self.remove(id, FinishKind::Abort);
+        }
+    }
+
+    fn fail_all(&mut self, message: &str) {
+        let ids: Vec<u64> = self.seqs.keys().copied().collect();
+        for id in ids {
+            if let Some(seq) = self.seqs.get_mut(&id) {
+                seq.fail(message.to_string());
+            }
+            self.remove(id, FinishKind::Abort);
+        }
+        self.publish_queues();
+    }
+
+    fn publish_queues(&self) {
+        self.stats.set_queues(self.running.len(), self.waiting.len());
+        self.stats.set_blocks(self.info.num_blocks, self.kv.num_free_blocks());
+    }
+
+    /// For tests: every block free and nothing referenced.
+    pub fn check_idle_invariants(&self) -> Result<(), String> {
+        if self.has_work() {
+            return Err(format!("{} running, {} waiting", self.running.len(), self.waiting.len()));
+        }
+        if self.kv.num_free_blocks() != self.info.num_blocks {
+            return Err(format!("{} of {} blocks free", self.kv.num_free_blocks(), self.info.num_blocks));
+        }
+        self.kv.check_invariants()
+    }
+}
+
+fn truncate_hit(mut hit: PrefixHit, tokens: usize, block_size: usize) -> PrefixHit {
+    let blocks = (tokens / block_size).min(hit.blocks.len());
+    hit.blocks.truncate(blocks);
+    hit.num_tokens = blocks * block_size;
+    hit
+}
+
+fn finish_kind(reason: FinishReason) -> FinishKind {
+    match reason {
+        FinishReason::Stop => FinishKind::Stop,
+        FinishReason::Length => FinishKind::Length,
+        FinishReason::Abort => FinishKind::Abort,
+    }
+}

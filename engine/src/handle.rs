@@ -1,0 +1,222 @@
+//! The engine on its own thread, and the handle everyone else uses to reach it.
+//!
+//! Owns: the command channel into the engine thread, per-request event streams out of it,
+//! request admission checks that must fail before anything is queued, and shutdown.
+//! A `RequestStream` that is dropped before its request finished aborts that request, so a
+//! client that goes away never leaves KV blocks behind.
+//!
+//! Must not know: HTTP or terminals.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Result;
+use parking_lot::Mutex;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::engine::{Engine, EngineConfig, EngineInfo};
+use crate::events::RequestEvent;
+use crate::request::{NewRequest, SubmitError};
+use crate::stats::{EngineStats, StatsSnapshot};
+use kvault_models::model::LoadedModel;
+
+pub(crate) enum Command {
+    Add(Box<NewRequest>),
+    Abort(u64),
+    /// Stop taking work: abort what is queued or running, then exit the loop.
+    Shutdown,
+}
+
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+    stats: Arc<EngineStats>,
+    info: Arc<EngineInfo>,
+    next_id: AtomicU64,
+    /// Requests submitted and not yet finished: bounds the queue (`--max-queued-requests`).
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
+    closed: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl EngineHandle {
+    /// Builds the engine (allocating the KV cache) and starts its thread. Sizing errors surface
+    /// here, before anything runs.
+    pub fn start(model: LoadedModel, config: EngineConfig) -> Result<Self> {
+        let max_in_flight = config.max_queued_requests.saturating_add(config.max_num_seqs);
+        let stats = Arc::new(EngineStats::default());
+        let engine = Engine::new(model, config, stats.clone())?;
+        let info = engine.info().clone();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kvault-engine".into())
+            .spawn(move || run_loop(engine, rx))?;
+        Ok(Self {
+            commands: tx,
+            stats,
+            info,
+            next_id: AtomicU64::new(1),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight,
+            closed: AtomicBool::new(false),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn info(&self) -> &Arc<EngineInfo> {
+        &self.info
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Validates and queues a request; its events arrive on the returned stream.
+    pub fn submit(&self, mut request: NewRequest) -> Result<RequestStream, SubmitError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        request.validate(&self.info)?;
+        // Reserve a queue place before sending, so concurrent submitters cannot overshoot.
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::QueueFull);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = unbounded_channel();
+        request.id = id;
+        request.events = Some(EventSink { tx, in_flight: self.in_flight.clone(), done: false });
+        if self.commands.send(Command::Add(Box::new(request))).is_err() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(RequestStream { id, rx, commands: self.commands.clone(), finished: false })
+    }
+
+    pub fn abort(&self, id: u64) {
+        let _ = self.commands.send(Command::Abort(id));
+    }
+
+    /// Aborts everything queued or running and waits for the engine thread to exit.
+    pub fn shutdown(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The engine side of a request's stream. Sending the final event releases the queue place.
+pub(crate) struct EventSink {
+    tx: UnboundedSender<RequestEvent>,
+    in_flight: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl EventSink {
+    /// Sends an event; returns false when the receiver is gone (the caller should abort).
+    pub(crate) fn send(&mut self, event: RequestEvent) -> bool {
+        let last = matches!(event, RequestEvent::Finished(_) | RequestEvent::Failed(_));
+        let ok = self.tx.send(event).is_ok();
+        if last {
+            self.release();
+        }
+        ok
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn release(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The caller side of a request. Dropping it before the final event aborts the request.
+pub struct RequestStream {
+    id: u64,
+    rx: UnboundedReceiver<RequestEvent>,
+    commands: mpsc::Sender<Command>,
+    finished: bool,
+}
+
+impl RequestStream {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub async fn next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.recv().await;
+        self.note(&ev);
+        ev
+    }
+
+    /// For synchronous callers (the CLI). Must not be called inside an async runtime.
+    pub fn blocking_next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.blocking_recv();
+        self.note(&ev);
+        ev
+    }
+
+    fn note(&mut self, ev: &Option<RequestEvent>) {
+        if matches!(ev, None | Some(RequestEvent::Finished(_)) | Some(RequestEvent::Failed(_))) {
+            self.finished = true;
+        }
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.commands.send(Command::Abort(self.id));
+        }
+    }
+}
+
+fn run_loop(mut engine: Engine, rx: mpsc::Receiver<Command>) {
+    loop {
+        // Block only when there is nothing to compute.
+        let first = if engine.has_work() {
+            match rx.try_recv() {
+                Ok(c) => Some(c),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(Command::Shutdown),
+            }
+        } else {
+            Some(rx.recv().unwrap_or(Command::Shutdown))
+        };
+        let mut pending: Vec<Command> = first.into_iter().collect();
+        pending.extend(rx.try_iter());
+        for command in pending {
+            match command {
+                Command::Add(req) => engine.add_request(*req),
+                Command::Abort(id) => engine.abort(id),
+                Command::Shutdown => {
+                    engine.abort_all();
+                    return;
+                }
+            }
+        }
+        if engine.has_work() {
+            engine.step();
+        }
+    }
+}

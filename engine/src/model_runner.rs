@@ -1,0 +1,95 @@
+//! Turns one scheduling decision into one batched forward pass.
+//!
+//! Owns: the KV cache tensors, and the translation from "these sequences, these token ranges,
+//! these block tables" to flattened token ids, positions, slot mapping, varlen metadata and the
+//! rows whose logits are needed. Prefill chunks and decode rows share one batch.
+//!
+//! Must not know: requests, sampling or scheduling policy.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use candle_core::Tensor;
+use kvault_kernels::{AttentionMetadata, KvCacheShape, PagedKvCache};
+use kvault_models::model::CausalLm;
+
+/// One sequence's share of a batch.
+#[derive(Clone, Debug)]
+pub struct BatchEntry<'a> {
+    /// The tokens to compute this step (a prefill chunk, or the last sampled token).
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]` (= tokens already in the cache).
+    pub start_pos: usize,
+    /// The sequence's blocks, covering at least `start_pos + tokens.len()` slots.
+    pub block_table: &'a [u32],
+    /// Whether the last token's logits are needed (the chunk completes the known tokens).
+    pub wants_logits: bool,
+}
+
+pub struct ModelRunner {
+    model: Arc<dyn CausalLm>,
+    cache: PagedKvCache,
+    block_size: usize,
+}
+
+impl ModelRunner {
+    pub fn new(model: Arc<dyn CausalLm>, num_blocks: usize, block_size: usize) -> Result<Self> {
+        let cfg = model.config();
+        let shape = KvCacheShape { num_blocks, num_kv_heads: cfg.num_kv_heads, block_size, head_dim: cfg.head_dim };
+        let cache = PagedKvCache::new(cfg.num_layers, shape, model.dtype(), model.device())
+            .context("allocating the KV cache")?;
+        Ok(Self { model, cache, block_size })
+    }
+
+    pub fn model(&self) -> &Arc<dyn CausalLm> {
+        &self.model
+    }
+
+    /// Runs the batch; returns, for each entry that wanted logits (in order), its f32 logits row.
+    pub fn run(&self, batch: &[BatchEntry]) -> Result<Vec<Vec<f32>>> {
+        let bs = self.block_size;
+        let num_tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
+        let mut input_ids = Vec::with_capacity(num_tokens);
+        let mut positions = Vec::with_capacity(num_tokens);
+        let mut slots = Vec::with_capacity(num_tokens);
+        let mut tables = Vec::with_capacity(batch.len());
+        let mut query_lens = Vec::with_capacity(batch.len());
+        let mut context_lens = Vec::with_capacity(batch.len());
+        let mut rows = Vec::new();
+        for entry in batch {
+            let end = entry.start_pos + entry.tokens.len();
+            input_ids.extend_from_slice(entry.tokens);
+            for pos in entry.start_pos..end {
+                positions.push(pos as u32);
+                let block = *entry
+                    .block_table
+                    .get(pos / bs)
+                    .with_context(|| format!("block table too short for position {pos}"))?;
+                slots.push((block as usize * bs + pos % bs) as i64);
+            }
+            if entry.wants_logits {
+                rows.push((input_ids.len() - 1) as u32);
+            }
+            tables.push(entry.block_table[..end.div_ceil(bs)].to_vec());
+            query_lens.push(entry.tokens.len());
+            context_lens.push(end);
+        }
+        if rows.is_empty() && num_tokens == 0 {
+            return Ok(Vec::new());
+        }
+        let device = self.model.device();
+        let meta = AttentionMetadata::new(slots, positions, tables, query_lens, context_lens, bs, device)?;
+        let input = Tensor::from_vec(input_ids, num_tokens, device)?;
+        // A batch of pure prefill chunks that all stop mid-prompt still has to run (to fill the
+        // cache) but samples nothing: project one row and drop it rather than special-casing.
+        let want = rows.len();
+        if rows.is_empty() {
+            rows.push(0);
+        }
+        let rows_t = Tensor::from_vec(rows, want.max(1), device)?;
+        let logits = self.model.forward(&input, &meta, &self.cache, &rows_t)?;
+        let mut out = logits.to_vec2::<f32>()?;
+        out.truncate(want);
+        Ok(out)
+    }
+}

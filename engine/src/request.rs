@@ -1,0 +1,91 @@
+//! A request as submitted, and the checks it must pass before it is queued.
+//!
+//! Owns: `NewRequest` and `SubmitError` (every way a submission can be refused, each naming the
+//! parameter and the numbers involved). Must not know: how requests are scheduled.
+
+use std::fmt;
+use std::time::Instant;
+
+use crate::engine::EngineInfo;
+use crate::handle::EventSink;
+use crate::sampler::SamplingParams;
+
+pub struct NewRequest {
+    /// Assigned by the engine handle.
+    pub id: u64,
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+    pub arrival: Instant,
+    pub(crate) events: Option<EventSink>,
+}
+
+impl NewRequest {
+    pub fn new(prompt_ids: Vec<u32>, params: SamplingParams) -> Self {
+        Self { id: 0, prompt_ids, params, arrival: Instant::now(), events: None }
+    }
+
+    pub(crate) fn validate(&self, info: &EngineInfo) -> Result<(), SubmitError> {
+        if self.prompt_ids.is_empty() {
+            return Err(SubmitError::EmptyPrompt);
+        }
+        if let Some(&bad) = self.prompt_ids.iter().find(|&&id| id as usize >= info.vocab_size) {
+            return Err(SubmitError::TokenOutOfVocab { token_id: bad, vocab_size: info.vocab_size });
+        }
+        self.params
+            .validate(info.vocab_size)
+            .map_err(|e| SubmitError::InvalidParam { param: e.param.to_string(), message: e.message })?;
+        let total = self.prompt_ids.len() + self.params.max_tokens;
+        if total > info.max_model_len {
+            return Err(SubmitError::TooLong {
+                prompt_tokens: self.prompt_ids.len(),
+                max_tokens: self.params.max_tokens,
+                max_model_len: info.max_model_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    EmptyPrompt,
+    TokenOutOfVocab { token_id: u32, vocab_size: usize },
+    InvalidParam { param: String, message: String },
+    TooLong { prompt_tokens: usize, max_tokens: usize, max_model_len: usize },
+    QueueFull,
+    ShuttingDown,
+}
+
+impl SubmitError {
+    /// The request parameter at fault, when there is one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            SubmitError::EmptyPrompt | SubmitError::TokenOutOfVocab { .. } => Some("prompt"),
+            SubmitError::InvalidParam { param, .. } => Some(param),
+            SubmitError::TooLong { .. } => Some("max_tokens"),
+            SubmitError::QueueFull | SubmitError::ShuttingDown => None,
+        }
+    }
+}
+
+impl fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::EmptyPrompt => write!(f, "the prompt is empty"),
+            SubmitError::TokenOutOfVocab { token_id, vocab_size } => {
+                write!(f, "prompt token id {token_id} is outside the vocabulary (size {vocab_size})")
+            }
+            SubmitError::InvalidParam { message, .. } => write!(f, "{message}"),
+            SubmitError::TooLong { prompt_tokens, max_tokens, max_model_len } => write!(
+                f,
+                "this model's maximum context length is {max_model_len} tokens, but {} were requested \
+                 ({prompt_tokens} in the prompt + {max_tokens} max_tokens); shorten the prompt or lower max_tokens",
+                prompt_tokens + max_tokens
+            ),
+            SubmitError::QueueFull => write!(f, "the server is at capacity (request queue full); retry later"),
+            SubmitError::ShuttingDown => write!(f, "the engine is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for SubmitError {}

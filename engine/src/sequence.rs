@@ -1,0 +1,166 @@
+//! One request inside the engine: its tokens, progress, sampling state, and the output
+//! pipeline that turns sampled ids into text deltas and a finish decision.
+//!
+//! Owns: the per-request state machine (waiting → running → finished, and back to waiting when
+//! preempted) and the stop rules (EOS and stop ids, stop strings with hold-back, max tokens,
+//! model length). Must not know: blocks (the KV cache manager tracks those by request id),
+//! batches, or the scheduling policy.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kvault_models::tokenizer::{IncrementalDecoder, Tokenizer};
+
+use crate::events::{Completion, FinishReason, MatchedStop, RequestEvent, TokenDelta, TokenLogprob, Usage};
+use crate::handle::EventSink;
+use crate::request::NewRequest;
+use crate::sampler::{SamplerState, SamplingParams};
+use crate::stop::StopStringMatcher;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Waiting,
+    Running,
+}
+
+pub(crate) struct Sequence {
+    pub id: u64,
+    pub arrival_seq: u64,
+    pub arrival: Instant,
+    pub prompt_len: usize,
+    /// Prompt followed by every generated token.
+    pub tokens: Vec<u32>,
+    /// Tokens whose K/V is in the cache.
+    pub num_computed: usize,
+    pub status: Status,
+    pub params: SamplingParams,
+    pub sampler: SamplerState,
+    /// Prompt tokens served by the prefix cache at first admission (reported as usage).
+    pub cached_tokens: Option<usize>,
+    decoder: IncrementalDecoder,
+    stop: StopStringMatcher,
+    events: Option<EventSink>,
+    eos_token_ids: Arc<Vec<u32>>,
+    max_model_len: usize,
+}
+
+/// What happened after appending one sampled token.
+pub(crate) enum Appended {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl Sequence {
+    pub fn new(
+        req: NewRequest,
+        arrival_seq: u64,
+        tokenizer: Arc<Tokenizer>,
+        eos_token_ids: Arc<Vec<u32>>,
+        max_model_len: usize,
+    ) -> Self {
+        let sampler = SamplerState::new(&req.params, &eos_token_ids);
+        Self {
+            id: req.id,
+            arrival_seq,
+            arrival: req.arrival,
+            prompt_len: req.prompt_ids.len(),
+            tokens: req.prompt_ids,
+            num_computed: 0,
+            status: Status::Waiting,
+            stop: StopStringMatcher::new(req.params.stop.clone()),
+            params: req.params,
+            sampler,
+            cached_tokens: None,
+            decoder: IncrementalDecoder::new(tokenizer, true),
+            events: req.events,
+            eos_token_ids,
+            max_model_len,
+        }
+    }
+
+    pub fn output(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    pub fn num_output(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    /// The caller went away: nothing more can be delivered.
+    pub fn is_orphaned(&self) -> bool {
+        self.events.as_ref().is_none_or(|e| e.is_closed())
+    }
+
+    /// Appends a sampled token, streams its text, and decides whether the request is done.
+    /// Returns the matched stop reason when it is.
+    pub fn append(&mut self, token: u32, logprob: Option<TokenLogprob>) -> Appended {
+        self.tokens.push(token);
+        let n_out = self.num_output();
+        let is_eos = !self.params.ignore_eos && self.eos_token_ids.contains(&token);
+        let is_stop_id = self.params.stop_token_ids.contains(&token);
+        let min_reached = n_out >= self.params.min_tokens;
+
+        // The end-of-sequence token's own text is never shown.
+        let mut text = String::new();
+        let mut stop_hit = None;
+        if !(is_eos || is_stop_id) || !min_reached {
+            let piece = self.decoder.push(token).unwrap_or_default();
+            let step = self.stop.push(&piece);
+            text = step.emit;
+            if step.stopped && min_reached {
+                stop_hit = step.matched.map(MatchedStop::Text);
+            }
+        }
+        let finish = if min_reached && (is_eos || is_stop_id) {
+            Some((FinishReason::Stop, is_stop_id.then_some(MatchedStop::TokenId(token))))
+        } else if stop_hit.is_some() {
+            Some((FinishReason::Stop, stop_hit))
+        } else if n_out >= self.params.max_tokens || self.tokens.len() >= self.max_model_len {
+            Some((FinishReason::Length, None))
+        } else {
+            None
+        };
+        let delta = TokenDelta {
+            token_ids: vec![token],
+            text,
+            logprobs: logprob.map(|l| vec![l]),
+            at: Instant::now(),
+        };
+        self.send(RequestEvent::Tokens(delta));
+        match finish {
+            None => Appended::Continue,
+            Some((reason, matched)) => {
+                // Whatever the hold-back still keeps is real output unless a stop string ended it.
+                let trailing = if matches!(matched, Some(MatchedStop::Text(_))) {
+                    String::new()
+                } else {
+                    let mut rest = self.decoder.finish().unwrap_or_default();
+                    rest = self.stop.push(&rest).emit + &self.stop.flush();
+                    rest
+                };
+                self.finish_with(reason, matched, trailing);
+                Appended::Finished(reason)
+            }
+        }
+    }
+
+    /// Sends the final event (for aborts: nothing held back is released).
+    pub fn finish_with(&mut self, reason: FinishReason, matched_stop: Option<MatchedStop>, trailing_text: String) {
+        let usage = Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.num_output(),
+            cached_tokens: self.cached_tokens.unwrap_or(0),
+        };
+        self.send(RequestEvent::Finished(Completion { reason, matched_stop, usage, trailing_text, at: Instant::now() }));
+    }
+
+    pub fn fail(&mut self, message: String) {
+        self.send(RequestEvent::Failed(message));
+    }
+
+    fn send(&mut self, event: RequestEvent) {
+        if let Some(sink) = &mut self.events {
+            sink.send(event);
+        }
+    }
+}

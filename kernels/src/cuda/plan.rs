@@ -1,0 +1,330 @@
+//! Launch geometry of kvault's CUDA kernels: kernel names, grid and block sizes, dynamic shared
+//! memory, the flash-decoding split count and the prefill query tile.
+//!
+//! Pure arithmetic, shared word for word by the device glue (this module's parent, behind the
+//! `cuda` feature) and the host-emulation tests (kernels/emu includes this file by path), so the
+//! emulator runs the kernels exactly as a GPU launch would. Must not know: cudarc, candle,
+//! devices, or what the kernels compute beyond their launch contract (kernels/cuda/*.cu).
+
+use std::fmt;
+
+/// Threads per attention CTA (4 warps); the .cu kernels are compiled with this launch bound.
+pub const ATTN_THREADS: u32 = 128;
+/// Cache block sizes with compiled attention kernels.
+pub const SUPPORTED_BLOCK_SIZES: [usize; 2] = [16, 32];
+/// Head dims with compiled attention kernels.
+pub const SUPPORTED_HEAD_DIMS: [usize; 2] = [64, 128];
+/// Dynamic shared memory a kernel may use without the per-kernel opt-in attribute.
+pub const MAX_SHARED_BYTES: usize = 48 * 1024;
+/// Query rows (tokens × GQA group) one prefill CTA aims to serve.
+pub const PREFILL_TARGET_ROWS: usize = 16;
+/// Grid y/z limit.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// Element type of a kernel instantiation (the `_f32` / `_f16` / `_bf16` name suffix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KernelDtype {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::Bf16 => 2,
+        }
+    }
+}
+
+/// Everything a launch needs besides its arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub kernel: String,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: u32,
+}
+
+/// A shape the compiled kernels cannot serve (the message says which limit and why).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlanError(pub String);
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+fn err<T>(msg: String) -> Result<T, PlanError> {
+    Err(PlanError(msg))
+}
+
+fn to_u32(v: usize, what: &str) -> Result<u32, PlanError> {
+    u32::try_from(v).or_else(|_| err(format!("{what} = {v} does not fit a CUDA grid dimension")))
+}
+
+/// The attention problem as the kernels see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub dtype: KernelDtype,
+    pub num_seqs: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub block_size: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    fn validate(&self) -> Result<usize, PlanError> {
+        if !SUPPORTED_BLOCK_SIZES.contains(&self.block_size) {
+            return err(format!(
+                "CUDA paged attention is compiled for block sizes {SUPPORTED_BLOCK_SIZES:?}, not {}",
+                self.block_size
+            ));
+        }
+        if !SUPPORTED_HEAD_DIMS.contains(&self.head_dim) {
+            return err(format!(
+                "CUDA paged attention is compiled for head dims {SUPPORTED_HEAD_DIMS:?}, not {}",
+                self.head_dim
+            ));
+        }
+        if self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0 {
+            return err(format!(
+                "num_heads {} is not a multiple of num_kv_heads {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.num_seqs == 0 {
+            return err("attention over an empty batch".to_string());
+        }
+        if self.num_kv_heads > MAX_GRID_YZ {
+            return err(format!("num_kv_heads {} exceeds the grid limit", self.num_kv_heads));
+        }
+        Ok(self.num_heads / self.num_kv_heads)
+    }
+
+    fn kernel_name(&self, op: &str) -> String {
+        format!("{op}_{}_bs{}_d{}", self.dtype.suffix(), self.block_size, self.head_dim)
+    }
+}
+
+/// Dynamic shared memory of an attention CTA serving `rows` query rows; must match
+/// `kv_attn_smem_bytes` in kernels/cuda/attention.cuh.
+pub fn attention_smem_bytes(elem_bytes: usize, block_size: usize, head_dim: usize, rows: usize) -> usize {
+    let v_tile = (block_size * head_dim * elem_bytes).div_ceil(16) * 16;
+    v_tile + 4 * (2 * rows * head_dim + rows * block_size + 4 * rows)
+}
+
+fn attention_smem(shape: &AttentionShape, rows: usize, what: &str) -> Result<u32, PlanError> {
+    let bytes = attention_smem_bytes(shape.dtype.size_in_bytes(), shape.block_size, shape.head_dim, rows);
+    if bytes > MAX_SHARED_BYTES {
+        return err(format!(
+            "{what}: {rows} query rows per CTA need {bytes} bytes of shared memory (limit {MAX_SHARED_BYTES}); \
+             GQA group {} is too large for these kernels",
+            shape.num_heads / shape.num_kv_heads
+        ));
+    }
+    to_u32(bytes, "shared bytes")
+}
+
+/// Flash-decoding launch: `split` writes per-split partials, `merge` combines them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodePlan {
+    pub split: LaunchConfig,
+    pub merge: LaunchConfig,
+    pub num_splits: u32,
+    pub blocks_per_split: u32,
+}
+
+/// Splits per sequence: enough CTAs to give every SM about two, but at least 4 cache blocks of
+/// work per split so the merge stays cheap next to the attention itself.
+pub fn choose_num_splits(ctas_without_split: usize, max_blocks: usize, sm_count: usize) -> usize {
+    let want = (2 * sm_count.max(1)).div_ceil(ctas_without_split.max(1));
+    want.min(max_blocks / 4).clamp(1, MAX_GRID_YZ)
+}
+
+/// Plans a decode step (every sequence has exactly one query token). `num_splits` overrides the
+/// heuristic (tests use it to force empty splits); splits beyond a sequence's blocks are empty.
+pub fn decode_plan(
+    shape: &AttentionShape,
+    max_context_len: usize,
+    num_splits: Option<usize>,
+    sm_count: usize,
+) -> Result<DecodePlan, PlanError> {
+    let group = shape.validate()?;
+    if max_context_len == 0 {
+        return err("decode with an empty context".to_string());
+    }
+    let max_blocks = max_context_len.div_ceil(shape.block_size);
+    let splits = match num_splits {
+        Some(0) => return err("num_splits must be at least 1".to_string()),
+        Some(n) if n > MAX_GRID_YZ => return err(format!("num_splits {n} exceeds the grid limit")),
+        Some(n) => n,
+        None => choose_num_splits(shape.num_seqs * shape.num_kv_heads, max_blocks, sm_count),
+    };
+    let blocks_per_split = max_blocks.div_ceil(splits);
+    let split = LaunchConfig {
+        kernel: shape.kernel_name("paged_decode"),
+        grid: [to_u32(shape.num_seqs, "num_seqs")?, to_u32(shape.num_kv_heads, "num_kv_heads")?, to_u32(splits, "splits")?],
+        block: [ATTN_THREADS, 1, 1],
+        shared_bytes: attention_smem(shape, group, "paged decode")?,
+    };
+    let merge = LaunchConfig {
+        kernel: format!("paged_decode_merge_{}", shape.dtype.suffix()),
+        grid: [to_u32(shape.num_seqs, "num_seqs")?, to_u32(shape.num_heads, "num_heads")?, 1],
+        block: [to_u32(shape.head_dim, "head_dim")?, 1, 1],
+        shared_bytes: 0,
+    };
+    if shape.num_heads > MAX_GRID_YZ {
+        return err(format!("num_heads {} exceeds the grid limit", shape.num_heads));
+    }
+    Ok(DecodePlan { split, merge, num_splits: to_u32(splits, "splits")?, blocks_per_split: to_u32(blocks_per_split, "blocks per split")? })
+}
+
+/// Varlen prefill launch; `tile_tokens` is a kernel argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrefillPlan {
+    pub attn: LaunchConfig,
+    pub tile_tokens: u32,
+}
+
+pub fn prefill_plan(shape: &AttentionShape, max_query_len: usize) -> Result<PrefillPlan, PlanError> {
+    let group = shape.validate()?;
+    if max_query_len == 0 {
+        return err("prefill with no query tokens".to_string());
+    }
+    let tile_tokens = (PREFILL_TARGET_ROWS / group).max(1);
+    let tiles = max_query_len.div_ceil(tile_tokens);
+    if tiles > MAX_GRID_YZ {
+        return err(format!("query chunk of {max_query_len} tokens needs {tiles} tiles, over the grid limit"));
+    }
+    Ok(PrefillPlan {
+        attn: LaunchConfig {
+            kernel: shape.kernel_name("paged_prefill"),
+            grid: [to_u32(shape.num_seqs, "num_seqs")?, to_u32(shape.num_kv_heads, "num_kv_heads")?, to_u32(tiles, "tiles")?],
+            block: [ATTN_THREADS, 1, 1],
+            shared_bytes: attention_smem(shape, tile_tokens * group, "paged prefill")?,
+        },
+        tile_tokens: to_u32(tile_tokens, "tile tokens")?,
+    })
+}
+
+/// Scatter of K or V rows: one CTA per token.
+pub fn write_kv_rows_plan(dtype: KernelDtype, num_tokens: usize) -> Result<LaunchConfig, PlanError> {
+    Ok(LaunchConfig {
+        kernel: format!("write_kv_rows_{}", dtype.suffix()),
+        grid: [to_u32(num_tokens.max(1), "num_tokens")?, 1, 1],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// Scatter of slot positions: one thread per (token, kv head).
+pub fn write_kv_positions_plan(num_tokens: usize, num_kv_heads: usize) -> Result<LaunchConfig, PlanError> {
+    Ok(LaunchConfig {
+        kernel: "write_kv_positions".to_string(),
+        grid: [to_u32((num_tokens * num_kv_heads).div_ceil(256).max(1), "positions grid")?, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// RMSNorm: one CTA per row, a warp-multiple of threads up to 1024 (short rows use fewer).
+pub fn rms_norm_plan(dtype: KernelDtype, rows: usize, cols: usize) -> Result<LaunchConfig, PlanError> {
+    if cols == 0 {
+        return err("rms_norm over an empty last dim".to_string());
+    }
+    let threads = cols.div_ceil(32).clamp(1, 8) * 32;
+    Ok(LaunchConfig {
+        kernel: format!("rms_norm_{}", dtype.suffix()),
+        grid: [to_u32(rows.max(1), "rows")?, 1, 1],
+        block: [to_u32(threads, "threads")?, 1, 1],
+        shared_bytes: 32 * 4,
+    })
+}
+
+/// RoPE: one CTA per token.
+pub fn rope_plan(dtype: KernelDtype, num_tokens: usize) -> Result<LaunchConfig, PlanError> {
+    Ok(LaunchConfig {
+        kernel: format!("rope_{}", dtype.suffix()),
+        grid: [to_u32(num_tokens.max(1), "num_tokens")?, 1, 1],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// silu_mul: grid-stride, at most 4096 CTAs of 256 threads.
+pub fn silu_mul_plan(dtype: KernelDtype, len: usize) -> Result<LaunchConfig, PlanError> {
+    Ok(LaunchConfig {
+        kernel: format!("silu_mul_{}", dtype.suffix()),
+        grid: [to_u32(len.div_ceil(256).clamp(1, 4096), "silu grid")?, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(dtype: KernelDtype, heads: usize, kv_heads: usize, bs: usize, d: usize) -> AttentionShape {
+        AttentionShape { dtype, num_seqs: 3, num_heads: heads, num_kv_heads: kv_heads, block_size: bs, head_dim: d }
+    }
+
+    #[test]
+    fn decode_splits_cover_every_block_of_the_longest_context() {
+        for splits in 1..=7 {
+            let plan = decode_plan(&shape(KernelDtype::F16, 8, 2, 16, 64), 100, Some(splits), 80).unwrap();
+            let covered = plan.blocks_per_split as usize * plan.num_splits as usize;
+            assert!(covered >= 100usize.div_ceil(16), "splits {splits}: {covered} blocks covered");
+            assert!((plan.blocks_per_split as usize - 1) * splits < 100usize.div_ceil(16));
+            assert_eq!(plan.split.grid, [3, 2, splits as u32]);
+            assert_eq!(plan.merge.grid, [3, 8, 1]);
+        }
+    }
+
+    #[test]
+    fn heuristic_splits_long_contexts_only_when_the_grid_is_small() {
+        assert_eq!(choose_num_splits(64, 2048 / 16, 108), 4);
+        assert_eq!(choose_num_splits(1024, 2048 / 16, 108), 1);
+        assert_eq!(choose_num_splits(2, 2, 108), 1); // too short to split
+    }
+
+    #[test]
+    fn unsupported_shapes_are_errors_that_name_the_limit() {
+        let e = decode_plan(&shape(KernelDtype::F32, 8, 2, 8, 64), 10, None, 1).unwrap_err();
+        assert!(e.0.contains("block sizes"), "{e}");
+        let e = prefill_plan(&shape(KernelDtype::F32, 8, 2, 16, 96), 10).unwrap_err();
+        assert!(e.0.contains("head dims"), "{e}");
+        let e = prefill_plan(&shape(KernelDtype::F32, 9, 2, 16, 64), 10).unwrap_err();
+        assert!(e.0.contains("multiple"), "{e}");
+        assert!(decode_plan(&shape(KernelDtype::F32, 8, 2, 16, 64), 10, Some(0), 1).is_err());
+    }
+
+    #[test]
+    fn shared_memory_stays_under_the_default_limit_for_gqa_up_to_8() {
+        for dtype in [KernelDtype::F32, KernelDtype::F16, KernelDtype::Bf16] {
+            for (bs, d) in [(16, 64), (16, 128), (32, 64), (32, 128)] {
+                for group in [1, 3, 8] {
+                    let s = shape(dtype, 2 * group, 2, bs, d);
+                    let p = prefill_plan(&s, 40).unwrap();
+                    assert!(p.attn.shared_bytes as usize <= MAX_SHARED_BYTES);
+                    assert!(p.tile_tokens as usize * group <= PREFILL_TARGET_ROWS.max(group));
+                    decode_plan(&s, 40, None, 8).unwrap();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Attention and KV-cache operations for kvault.
+//!
+//! Owns: the paged KV cache tensors and their layout
+//! (`[num_blocks, num_kv_heads, block_size, head_dim]` per layer, keys after RoPE), the attention
+//! metadata that describes a flattened varlen batch, and every op the model's hot path calls
+//! (`write_kv`, `paged_attention`, `rope`, `rms_norm`, `silu_mul`) as candle CustomOps with a CPU
+//! implementation (and, behind the `cuda` feature, a CUDA one). The CPU implementation of each
+//! op is also the test oracle for its CUDA twin.
+//!
+//! Must not know: models, requests, scheduling or block allocation. Callers hand it tensors and
+//! block tables; where the blocks came from is none of its business.
+
+mod elem;
+pub mod paged;
+pub mod rms_norm;
+pub mod rope;
+pub mod silu_mul;
+
+pub use paged::{
+    paged_attention, write_kv, AttentionMetadata, HostMetadata, KvCacheShape, LayerKvCache, PagedKvCache,
+};
+pub use rms_norm::rms_norm;
+pub use rope::rope;
+pub use silu_mul::silu_mul;

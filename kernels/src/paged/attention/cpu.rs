@@ -1,0 +1,336 @@
+//! CPU kernel of `paged_attention`: online-softmax attention over paged K/V, in parallel with rayon.
+//!
+//! Work is split into items of (sequence, kv head, query tile, range of logical blocks). One
+//! item streams its kv head's blocks once for all `group` query heads of every query in its tile
+//! (GQA-aware: a K/V block is loaded once per `tile × group` rows). Long prefill chunks are cut
+//! into query tiles, and when there are too few items to keep the cores busy (one long decode
+//! sequence) the key range is split too, flash-decoding style; each item leaves a partial
+//! `(max, sum, acc)` per row and [`merge`] combines them exactly. No `[T, context]` score matrix
+//! is ever built: an item holds one block's scores per row.
+//!
+//! Must not know: candle tensors or metadata validation (the caller guarantees in-range block
+//! ids and consistent lengths; see `AttentionMetadata::new`).
+
+use rayon::prelude::*;
+
+use crate::elem::KernelFloat;
+use crate::paged::HostMetadata;
+
+/// Queries per tile in a prefill chunk: large enough that a K/V block in L1 serves many rows,
+/// small enough that a long chunk yields several items.
+const QUERY_TILE: usize = 32;
+/// Fewest keys worth a separate item: below this rayon's per-task cost outweighs the split.
+const MIN_KEYS_PER_SPLIT: usize = 256;
+/// Items per thread to aim for, so uneven items still balance.
+const ITEMS_PER_THREAD: usize = 4;
+
+pub(super) struct Geometry {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+impl Geometry {
+    fn group(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WorkItem {
+    seq: usize,
+    kv_head: usize,
+    /// Query range within the sequence's chunk.
+    q_start: usize,
+    q_end: usize,
+    /// Logical block range (indices into the sequence's block table).
+    block_start: usize,
+    block_end: usize,
+}
+
+/// Row state of an item: rows are `(query in tile) × (head in group)`, row-major.
+struct Partial {
+    item: WorkItem,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// Output `[T, num_heads, head_dim]` in f32. `q` is `[T, num_heads, head_dim]`; `key`/`value` are
+/// the whole cache `[num_blocks, num_kv_heads, block_size, head_dim]`.
+pub(super) fn attention<C: KernelFloat>(
+    q: &[f32],
+    key: &[C],
+    value: &[C],
+    host: &HostMetadata,
+    geometry: &Geometry,
+    scale: f32,
+) -> Vec<f32> {
+    let items = plan(host, geometry, rayon::current_num_threads());
+    let partials: Vec<Partial> = items
+        .par_iter()
+        .map(|item| run_item(item, q, key, value, host, geometry, scale))
+        .collect();
+    merge(&partials, host, geometry, q.len())
+}
+
+fn plan(host: &HostMetadata, g: &Geometry, threads: usize) -> Vec<WorkItem> {
+    // (seq, q_start, q_end, blocks the tile's last query needs)
+    let mut tiles = Vec::new();
+    for seq in 0..host.context_lens.len() {
+        let q_len = host.query_range(seq).len();
+        let ctx = host.context_lens[seq] as usize;
+        for q_start in (0..q_len).step_by(QUERY_TILE) {
+            let q_end = (q_start + QUERY_TILE).min(q_len);
+            let keys = ctx - q_len + q_end;
+            tiles.push((seq, q_start, q_end, keys.div_ceil(g.block_size)));
+        }
+    }
+    let base_items = tiles.len() * g.num_kv_heads;
+    let want_splits = (threads * ITEMS_PER_THREAD).div_ceil(base_items).max(1);
+    let blocks_per_min_split = MIN_KEYS_PER_SPLIT.div_ceil(g.block_size);
+    let mut items = Vec::new();
+    for (seq, q_start, q_end, blocks) in tiles {
+        let splits = want_splits.min(blocks.div_ceil(blocks_per_min_split)).max(1);
+        let per_split = blocks.div_ceil(splits);
+        for kv_head in 0..g.num_kv_heads {
+            for block_start in (0..blocks).step_by(per_split) {
+                let block_end = (block_start + per_split).min(blocks);
+                items.push(WorkItem { seq, kv_head, q_start, q_end, block_start, block_end });
+            }
+        }
+    }
+    items
+}
+
+/// How many work items the planner makes for this batch on this machine (tests check splitting).
+#[cfg(test)]
+pub(super) fn plan_len(host: &HostMetadata, g: &Geometry) -> usize {
+    plan(host, g, rayon::current_num_threads()).len()
+}
+
+fn run_item<C: KernelFloat>(
+    item: &WorkItem,
+    q: &[f32],
+    key: &[C],
+    value: &[C],
+    host: &HostMetadata,
+    g: &Geometry,
+    scale: f32,
+) -> Partial {
+    let (group, hd, bs) = (g.group(), g.head_dim, g.block_size);
+    let n_queries = item.q_end - item.q_start;
+    let rows = n_queries * group;
+    let token0 = host.query_range(item.seq).start + item.q_start;
+    let q_len = host.query_range(item.seq).len();
+    let ctx = host.context_lens[item.seq] as usize;
+
+    // The group's heads of one token are adjacent in q, so each query contributes one run.
+    let mut q_rows = Vec::with_capacity(rows * hd);
+    for t in token0..token0 + n_queries {
+        let start = (t * g.num_heads + item.kv_head * group) * hd;
+        q_rows.extend(q[start..start + group * hd].iter().map(|&x| x * scale));
+    }
+
+    let mut max = vec![f32::NEG_INFINITY; rows];
+    let mut sum = vec![0f32; rows];
+    let mut acc = vec![0f32; rows * hd];
+    let mut scores = vec![0f32; bs];
+    let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
+    let table = host.block_table(item.seq);
+    let slab = bs * hd;
+    for logical in item.block_start..item.block_end {
+        let base = (table[logical] as usize * g.num_kv_heads + item.kv_head) * slab;
+        let k = C::as_f32(&key[base..base + slab], &mut k_scratch);
+        let v = C::as_f32(&value[base..base + slab], &mut v_scratch);
+        let first_key = logical * bs;
+        for j in 0..n_queries {
+            // Keys this query may see: [0, ctx - q_len + j_in_chunk].
+            let visible = ctx - q_len + item.q_start + j + 1;
+            if visible <= first_key {
+                continue;
+            }
+            let n = (visible - first_key).min(bs);
+            for h in 0..group {
+                let r = j * group + h;
+                attend_block(
+                    &q_rows[r * hd..(r + 1) * hd],
+                    &k[..n * hd],
+                    &v[..n * hd],
+                    &mut scores[..n],
+                    &mut max[r],
+                    &mut sum[r],
+                    &mut acc[r * hd..(r + 1) * hd],
+                );
+            }
+        }
+    }
+    Partial { item: *item, max, sum, acc }
+}
+
+/// One online-softmax step of one row over `n` keys (`k`, `v`: `n × head_dim`): the row's running
+/// max, sum and unnormalised output are rescaled once per block, not once per key.
+#[inline]
+fn attend_block(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scores: &mut [f32],
+    max: &mut f32,
+    sum: &mut f32,
+    acc: &mut [f32],
+) {
+    let hd = q.len();
+    let mut block_max = f32::NEG_INFINITY;
+    for (s, k_row) in scores.iter_mut().zip(k.chunks_exact(hd)) {
+        *s = dot(q, k_row);
+        block_max = block_max.max(*s);
+    }
+    let new_max = max.max(block_max);
+    let mut block_sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - new_max).exp();
+        block_sum += *s;
+    }
+    let correction = (*max - new_max).exp(); // 0 on the first block (max = -inf)
+    if correction != 1.0 {
+        acc.iter_mut().for_each(|a| *a *= correction);
+    }
+    *sum = *sum * correction + block_sum;
+    *max = new_max;
+    for (&p, v_row) in scores.iter().zip(v.chunks_exact(hd)) {
+        axpy(acc, p, v_row);
+    }
+}
+
+/// Dot product with 8 independent accumulators so LLVM emits SIMD without reassociation flags.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let pairs = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
+    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+}
+
+#[inline(always)]
+fn axpy(acc: &mut [f32], p: f32, v: &[f32]) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a += p * x;
+    }
+}
+
+/// Combines the items' partial rows into the normalised output `[T, num_heads, head_dim]`.
+fn merge(partials: &[Partial], host: &HostMetadata, g: &Geometry, len: usize) -> Vec<f32> {
+    let (group, hd) = (g.group(), g.head_dim);
+    let rows_total = len / hd;
+    let mut max = vec![f32::NEG_INFINITY; rows_total];
+    let mut sum = vec![0f32; rows_total];
+    let mut out = vec![0f32; len];
+    for p in partials {
+        let token0 = host.query_range(p.item.seq).start + p.item.q_start;
+        for (r, (&m, &s)) in p.max.iter().zip(&p.sum).enumerate() {
+            if s == 0.0 {
+                continue; // this split held no key the row may see
+            }
+            let (j, h) = (r / group, r % group);
+            let dst = (token0 + j) * g.num_heads + p.item.kv_head * group + h;
+            let src_acc = &p.acc[r * hd..(r + 1) * hd];
+            let dst_acc = &mut out[dst * hd..(dst + 1) * hd];
+            if sum[dst] == 0.0 {
+                dst_acc.copy_from_slice(src_acc);
+                max[dst] = m;
+                sum[dst] = s;
+                continue;
+            }
+            let new_max = max[dst].max(m);
+            let (a, b) = ((max[dst] - new_max).exp(), (m - new_max).exp());
+            for (d, &x) in dst_acc.iter_mut().zip(src_acc) {
+                *d = *d * a + x * b;
+            }
+            sum[dst] = sum[dst] * a + s * b;
+            max[dst] = new_max;
+        }
+    }
+    for (row, &s) in out.chunks_exact_mut(hd).zip(&sum) {
+        let inv = 1.0 / s;
+        row.iter_mut().for_each(|x| *x *= inv);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(query_lens: &[usize], context_lens: &[usize], block_size: usize) -> HostMetadata {
+        let mut cu = vec![0u32];
+        for q in query_lens {
+            cu.push(cu.last().copied().unwrap_or(0) + *q as u32);
+        }
+        let max_blocks = context_lens.iter().map(|c| c.div_ceil(block_size)).max().unwrap_or(0);
+        HostMetadata {
+            slot_mapping: vec![-1; cu[query_lens.len()] as usize],
+            positions: vec![0; cu[query_lens.len()] as usize],
+            block_tables: vec![0; query_lens.len() * max_blocks],
+            max_blocks_per_seq: max_blocks,
+            cu_seqlens_q: cu,
+            context_lens: context_lens.iter().map(|&c| c as u32).collect(),
+            block_size,
+            max_block_id: 0,
+            max_slot: None,
+        }
+    }
+
+    fn geometry(num_kv_heads: usize) -> Geometry {
+        Geometry { num_heads: num_kv_heads * 3, num_kv_heads, head_dim: 8, block_size: 16 }
+    }
+
+    #[test]
+    fn plan_covers_every_query_and_needed_block_exactly_once() {
+        let host = host(&[1, 70, 5], &[2048, 100, 5], 16);
+        let g = geometry(3);
+        let items = plan(&host, &g, 2);
+        for seq in 0..3 {
+            let q_len = host.query_range(seq).len();
+            let ctx = host.context_lens[seq] as usize;
+            for kv_head in 0..3 {
+                for j in 0..q_len {
+                    let needed = (ctx - q_len + j + 1).div_ceil(16);
+                    for block in 0..needed {
+                        let covering = items
+                            .iter()
+                            .filter(|it| it.seq == seq && it.kv_head == kv_head)
+                            .filter(|it| (it.q_start..it.q_end).contains(&j))
+                            .filter(|it| (it.block_start..it.block_end).contains(&block))
+                            .count();
+                        assert_eq!(covering, 1, "seq {seq} head {kv_head} query {j} block {block}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_long_decode_is_split_across_threads_but_short_ones_are_not() {
+        let g = geometry(3);
+        let long = plan(&host(&[1], &[2048], 16), &g, 2);
+        assert!(long.len() >= 2 * ITEMS_PER_THREAD, "only {} items", long.len());
+        let short = plan(&host(&[1], &[100], 16), &g, 2);
+        assert_eq!(short.len(), 3, "one item per kv head when the context is short");
+    }
+
+    #[test]
+    fn dot_matches_plain_sum_for_odd_lengths() {
+        let a: Vec<f32> = (0..13).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let b: Vec<f32> = (0..13).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,129 @@
+//! `paged_attention`: causal attention of a flattened varlen batch (prefill chunks and decode rows
+//! mixed) over the paged KV cache, through each sequence's block table, GQA-aware.
+//!
+//! Owns: the op's contract (shapes, masking rule, dtypes), the checks against the cache, and the
+//! CustomOp that dispatches to the CPU kernel ([`cpu`]) — and, later, a CUDA one.
+//! Must not know: models, requests, or how blocks were allocated or shared.
+//!
+//! # Masking rule
+//! Token j (0-based) of a chunk of `q_len` new tokens in a sequence whose cache holds
+//! `context_len` tokens after this step's write attends slots `[0, context_len - q_len + j]`.
+//! For a decode row (`q_len = 1`) that is every valid slot, whatever token each holds: with slot
+//! reuse (per-head eviction overwriting a slot) attention stays correct because keys carry their
+//! RoPE and softmax is order-invariant.
+//!
+//! # Seam for the KV policies (not implemented here)
+//! Policies such as H2O need, per (block, kv head, slot), the attention mass the slot received.
+//! The op struct [`PagedAttention`] is where that goes without touching the public signature:
+//! an optional hook field (e.g. `score_sink: Option<&Tensor>` pointing at the layer's
+//! `slot_score`, plus a reduction mode) that `paged_attention_with(...)` would set. In the CPU
+//! kernel the per-block probabilities `exp(s_i - m)` already exist inside
+//! `cpu::attend_block`; turning them into normalised mass needs the final `(m, l)` of each
+//! query row, so the hook would run as a second pass over the same blocks after the merge
+//! (rows are few in decode, where H2O accumulates). Nothing else in the kernel changes.
+
+mod cpu;
+#[cfg(test)]
+mod tests;
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::{AttentionMetadata, LayerKvCache};
+use crate::elem::{contiguous, dtype_of, to_f32_vec, with_float_type, Elem, KernelFloat};
+
+/// `q`: `[T, num_heads, head_dim]` → `[T, num_heads, head_dim]` in q's dtype (f32, f16 or bf16;
+/// the cache may be any of them too; everything accumulates in f32). Token j of sequence s
+/// attends cache entries `[0, context_len_s - q_len_s + j]` through its block table; query head
+/// h reads kv head `h / (num_heads / num_kv_heads)`.
+pub fn paged_attention(
+    q: &Tensor,
+    cache: &LayerKvCache,
+    meta: &AttentionMetadata,
+    softmax_scale: f32,
+) -> Result<Tensor> {
+    let shape = cache.shape()?;
+    let (num_tokens, num_heads, head_dim) = q.dims3()?;
+    if num_tokens != meta.num_tokens {
+        bail!("paged_attention: q has {num_tokens} tokens, metadata {}", meta.num_tokens)
+    }
+    if head_dim != shape.head_dim {
+        bail!("paged_attention: q head_dim {head_dim} != cache head_dim {}", shape.head_dim)
+    }
+    if num_heads == 0 || num_heads % shape.num_kv_heads != 0 {
+        bail!(
+            "paged_attention: num_heads {num_heads} must be a positive multiple of num_kv_heads {}",
+            shape.num_kv_heads
+        )
+    }
+    if meta.block_size() != shape.block_size {
+        bail!("paged_attention: metadata block_size {} != cache block_size {}", meta.block_size(), shape.block_size)
+    }
+    if meta.host.max_block_id as usize >= shape.num_blocks {
+        bail!(
+            "paged_attention: block table references block {} but the cache has {}",
+            meta.host.max_block_id,
+            shape.num_blocks
+        )
+    }
+    if !softmax_scale.is_finite() {
+        bail!("paged_attention: softmax_scale must be finite, got {softmax_scale}")
+    }
+    let q = q.contiguous()?;
+    let op = PagedAttention { meta, softmax_scale };
+    q.apply_op3_no_bwd(&cache.key, &cache.value, &op)
+}
+
+/// The CustomOp: inputs `(q, key_cache, value_cache)`, metadata and scale carried in the struct.
+/// (A CUDA `cuda_fwd` reads the metadata's device tensors; the CPU path reads `meta.host`.)
+pub(crate) struct PagedAttention<'a> {
+    pub(crate) meta: &'a AttentionMetadata,
+    pub(crate) softmax_scale: f32,
+}
+
+impl CustomOp3 for PagedAttention<'_> {
+    fn name(&self) -> &'static str {
+        "paged_attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        q_l: &Layout,
+        key: &CpuStorage,
+        key_l: &Layout,
+        value: &CpuStorage,
+        value_l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (num_tokens, num_heads, head_dim) = q_l.shape().dims3()?;
+        let (_, num_kv_heads, block_size, _) = key_l.shape().dims4()?;
+        if dtype_of(key) != dtype_of(value) {
+            bail!("{name}: key cache {:?} and value cache {:?} differ", dtype_of(key), dtype_of(value))
+        }
+        let geometry = cpu::Geometry { num_heads, num_kv_heads, head_dim, block_size };
+        let q_f32;
+        let q_slice: &[f32] = match q {
+            CpuStorage::F32(_) => contiguous::<f32>(q, q_l, name, "q")?,
+            _ => {
+                q_f32 = to_f32_vec(q, q_l, name, "q")?;
+                &q_f32
+            }
+        };
+        let out = with_float_type!(key, name, C => {
+            let k = contiguous::<C>(key, key_l, name, "key cache")?;
+            let v = contiguous::<C>(value, value_l, name, "value cache")?;
+            cpu::attention(q_slice, k, v, &self.meta.host, &geometry, self.softmax_scale)
+        });
+        let storage = with_float_type!(q, name, Q => from_f32::<Q>(out))?;
+        Ok((storage, Shape::from((num_tokens, num_heads, head_dim))))
+    }
+}
+
+fn from_f32<T: KernelFloat>(out: Vec<f32>) -> Result<CpuStorage> {
+    if T::DTYPE == f32::DTYPE {
+        return Ok(CpuStorage::F32(out));
+    }
+    let mut converted = vec![T::default(); out.len()];
+    T::convert_from_f32(&out, &mut converted);
+    Ok(T::into_storage(converted))
+}

@@ -1,0 +1,16 @@
+//! The paged KV cache and the ops that read and write it: cache tensors ([`cache`]), the
+//! per-step batch description ([`metadata`]), `write_kv` ([`write_kv`]) and `paged_attention`
+//! ([`attention`]).
+//!
+//! Must not know: block allocation, prefix hashing or eviction decisions; those live in the
+//! engine and hand this module block tables and slot mappings.
+
+pub mod attention;
+pub mod cache;
+pub mod metadata;
+pub mod write_kv;
+
+pub use attention::paged_attention;
+pub use cache::{KvCacheShape, LayerKvCache, PagedKvCache};
+pub use metadata::{AttentionMetadata, HostMetadata};
+pub use write_kv::write_kv;

@@ -1,0 +1,80 @@
+//! Self-attention over the paged KV cache.
+//!
+//! One call handles a whole flattened batch: project q/k/v for every token, optionally
+//! normalize each head (Qwen3), rotate by absolute position, write this step's K/V into the
+//! cache slots the metadata names, then attend through each sequence's block table. Keys are
+//! stored after RoPE, so cached entries never need re-rotation.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use kvault_kernels::{paged_attention, rms_norm, write_kv, AttentionMetadata, LayerKvCache};
+
+use super::{Linear, RotaryEmbedding};
+use crate::config::ModelConfig;
+use crate::weights::{WeightName, WeightSource};
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    /// Per-head RMSNorm weights for q and k (Qwen3).
+    qk_norm: Option<(Tensor, Tensor)>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    eps: f32,
+    softmax_scale: f32,
+}
+
+impl Attention {
+    pub fn load(cfg: &ModelConfig, layer: usize, w: &dyn WeightSource, dtype: DType, device: &Device) -> Result<Self> {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (q_dim, kv_dim) = (cfg.num_heads * d, cfg.num_kv_heads * d);
+        let bias = |name: WeightName| cfg.qkv_bias.then_some(name);
+        let qk_norm = if cfg.qk_norm {
+            Some((
+                w.dense(WeightName::QNorm(layer), &[d], dtype, device)?,
+                w.dense(WeightName::KNorm(layer), &[d], dtype, device)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            q: Linear::load(w, WeightName::Q(layer), bias(WeightName::QBias(layer)), q_dim, h, dtype, device)?,
+            k: Linear::load(w, WeightName::K(layer), bias(WeightName::KBias(layer)), kv_dim, h, dtype, device)?,
+            v: Linear::load(w, WeightName::V(layer), bias(WeightName::VBias(layer)), kv_dim, h, dtype, device)?,
+            o: Linear::load(w, WeightName::O(layer), cfg.o_bias.then_some(WeightName::OBias(layer)), h, q_dim, dtype, device)?,
+            qk_norm,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+            head_dim: d,
+            eps: cfg.rms_norm_eps as f32,
+            softmax_scale: 1.0 / (d as f32).sqrt(),
+        })
+    }
+
+    /// `x`: `[tokens, hidden]` → `[tokens, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotary: &RotaryEmbedding,
+        meta: &AttentionMetadata,
+        cache: &LayerKvCache,
+    ) -> Result<Tensor> {
+        let tokens = x.dim(0)?;
+        let q = self.q.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
+        let k = self.k.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let v = self.v.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (rms_norm(&q, qn, self.eps)?, rms_norm(&k, kn, self.eps)?),
+            None => (q, k),
+        };
+        let q = rotary.apply(&q, &meta.positions)?;
+        let k = rotary.apply(&k, &meta.positions)?;
+        write_kv(cache, &k, &v, meta)?;
+        let attn = paged_attention(&q, cache, meta, self.softmax_scale)?;
+        self.o.forward(&attn.reshape((tokens, self.num_heads * self.head_dim))?)
+    }
+}

@@ -1,0 +1,64 @@
+//! A linear layer `y = x Wᵀ (+ b)` whose weight is dense or stays GGUF-quantized.
+
+use anyhow::Result;
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::weights::{MatrixWeight, WeightName, WeightSource};
+
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+    out_dim: usize,
+}
+
+#[derive(Clone, Debug)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+impl Linear {
+    pub fn from_matrix(weight: MatrixWeight, bias: Option<Tensor>, out_dim: usize) -> Result<Self> {
+        let weight = match weight {
+            MatrixWeight::Dense(w) => Weight::Dense(w),
+            MatrixWeight::Quantized(q) => Weight::Quantized(QMatMul::from_arc(q)?),
+        };
+        Ok(Self { weight, bias, out_dim })
+    }
+
+    /// Loads `name` as `[out_dim, in_dim]`, with `bias` if given and present.
+    pub fn load(
+        weights: &dyn WeightSource,
+        name: WeightName,
+        bias: Option<WeightName>,
+        out_dim: usize,
+        in_dim: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let matrix = weights.matrix(name, out_dim, in_dim, dtype, device)?;
+        let bias = match bias {
+            Some(b) => Some(weights.dense(b, &[out_dim], dtype, device)?),
+            None => None,
+        };
+        Self::from_matrix(matrix, bias, out_dim)
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    /// `x`: `[tokens, in_dim]` → `[tokens, out_dim]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense(w) => x.matmul(&w.t()?)?,
+            Weight::Quantized(q) => q.forward(x)?,
+        };
+        match &self.bias {
+            Some(b) => Ok(y.broadcast_add(b)?),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Loading a model end to end, and the interface the engine runs it through.
+//!
+//! Owns: `CausalLm` (one flattened varlen batch in, logits for chosen rows out, K/V written to the
+//! paged cache it is handed) and `load_model`, which turns a `ModelSource` into weights, config,
+//! tokenizer, stop ids and chat template.
+//!
+//! Must not know: requests, sampling, or how the cache's blocks are allocated.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use kvault_kernels::{AttentionMetadata, PagedKvCache};
+use serde_json::Value;
+
+use crate::chat_template::ChatTemplate;
+use crate::config::{Architecture, ModelConfig};
+use crate::embedded;
+use crate::layers::Transformer;
+use crate::source::ModelSource;
+use crate::special_tokens::SpecialTokens;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{GgufFile, GgufWeights, SafetensorsWeights, WeightName, WeightSource};
+use crate::{llama, qwen2, qwen3};
+
+/// A causal language model over a paged KV cache.
+pub trait CausalLm: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    fn device(&self) -> &Device;
+    /// The compute dtype (also the natural KV cache dtype).
+    fn dtype(&self) -> DType;
+    /// Runs one flattened batch.
+    /// - `input_ids`: `[tokens]` u32, sequences back to back as `meta` describes;
+    /// - writes every token's K/V into `cache` at `meta.slot_mapping`;
+    /// - returns f32 logits `[rows, vocab]` for the token indices in `logits_indices` (`[rows]` u32).
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        meta: &AttentionMetadata,
+        cache: &PagedKvCache,
+        logits_indices: &Tensor,
+    ) -> Result<Tensor>;
+}
+
+/// How to load: where to compute, and in which dtype.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// `None`: f32 compute on CPU (f16 elsewhere) and GGUF matrices stay quantized.
+    /// `Some(dt)`: compute in `dt`; GGUF matrices are dequantized to it at load.
+    pub dtype: Option<DType>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { device: Device::Cpu, dtype: None }
+    }
+}
+
+/// Everything needed to serve a model.
+pub struct LoadedModel {
+    pub model: Arc<dyn CausalLm>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub special_tokens: SpecialTokens,
+    pub chat_template: Option<ChatTemplate>,
+    /// What the weights are, for logs and `kvault doctor`: "safetensors f32", "gguf Q4_1 (quantized)".
+    pub weights_description: String,
+}
+
+pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
+    let dtype = opts.dtype.unwrap_or(if opts.device.is_cpu() { DType::F32 } else { DType::F16 });
+    match source {
+        ModelSource::Embedded => load_embedded(dtype, &opts.device),
+        ModelSource::Folder(dir) => load_folder(dir, dtype, &opts.device),
+        ModelSource::Gguf(path) => load_gguf(path, opts.dtype.is_some(), dtype, &opts.device),
+    }
+}
+
+/// Parses an HF config.json and dispatches on `model_type`.
+pub fn config_from_hf_json(text: &str, origin: &str) -> Result<ModelConfig> {
+    let json: Value = serde_json::from_str(text).with_context(|| format!("{origin}: not valid JSON"))?;
+    let model_type = json
+        .get("model_type")
+        .and_then(Value::as_str)
+        .with_context(|| format!("{origin}: no `model_type`"))?;
+    let cfg = match model_type {
+        "llama" | "mistral" => llama::config_from_hf(&json),
+        "qwen2" => qwen2::config_from_hf(&json),
+        "qwen3" => qwen3::config_from_hf(&json),
+        other => bail!("{origin}: unsupported model_type `{other}` (supported: llama, mistral, qwen2, qwen3)"),
+    };
+    let cfg = cfg.with_context(|| origin.to_string())?;
+    cfg.validate().with_context(|| origin.to_string())?;
+    Ok(cfg)
+}
+
+fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let origin = format!("embedded {}", embedded::NAME);
+    let config = config_from_hf_json(embedded::CONFIG_JSON, &format!("{origin} config.json"))?;
+    let weights = SafetensorsWeights::from_static(embedded::MODEL_SAFETENSORS, &origin)?;
+    let tokenizer = Tokenizer::from_bytes(embedded::TOKENIZER_JSON)?;
+    let special_tokens = SpecialTokens::from_json_texts(
+        Some(embedded::CONFIG_JSON),
+        Some(embedded::GENERATION_CONFIG_JSON),
+        Some(embedded::TOKENIZER_CONFIG_JSON),
+        &tokenizer,
+    )?;
+    let model = Transformer::load(config, &weights, dtype, device)?;
+    Ok(LoadedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        special_tokens,
+        chat_template: None,
+        weights_description: format!("safetensors (embedded), {dtype:?}"),
+    })
+}
+
+fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let config = config_from_hf_json(&text, &config_path.display().to_string())?;
+    let tokenizer = load_side_tokenizer(dir)?
+        .with_context(|| format!("{}: no tokenizer.json in the model folder", dir.display()))?;
+    let weights = SafetensorsWeights::open_dir(dir)?;
+    let special_tokens = SpecialTokens::from_model_dir(dir, &tokenizer)?;
+    let chat_template = ChatTemplate::from_model_dir(dir)?;
+    let model = Transformer::load(config, &weights, dtype, device)?;
+    Ok(LoadedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        special_tokens,
+        chat_template,
+        weights_description: format!("safetensors, {dtype:?}"),
+    })
+}
+
+fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let md = file.metadata();
+    let has_head = GgufWeights::new(file.clone(), None, false).contains(WeightName::LmHead);
+    let arch = file.architecture()?;
+    let config = match arch {
+        "llama" => llama::config_from_gguf(md, has_head),
+        "qwen2" => qwen2::config_from_gguf(md, has_head),
+        "qwen3" => qwen3::config_from_gguf(md, has_head),
+        other => bail!("{}: unsupported GGUF architecture `{other}` (supported: llama, qwen2, qwen3)", path.display()),
+    }
+    .with_context(|| path.display().to_string())?;
+    config.validate().with_context(|| path.display().to_string())?;
+    // llama.cpp's converter interleaves Q/K rows of llama-family models only.
+    let qk_heads = (config.architecture == Architecture::Llama).then_some((config.num_heads, config.num_kv_heads));
+    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize);
+
+    let side_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tokenizer = match load_side_tokenizer(side_dir)? {
+        Some(t) => t,
+        None => Tokenizer::from_gguf(md).with_context(|| format!("{}: tokenizer metadata", path.display()))?,
+    };
+    let special_tokens = SpecialTokens::from_gguf(md, &tokenizer)?;
+    let chat_template = match ChatTemplate::from_model_dir(side_dir)? {
+        Some(t) => Some(t),
+        None => match md.get("tokenizer.chat_template") {
+            Some(candle_core::quantized::gguf_file::Value::String(src)) => Some(
+                ChatTemplate::new(src, special_tokens.bos_token.clone(), special_tokens.eos_token.clone())
+                    .with_context(|| format!("{}: tokenizer.chat_template", path.display()))?,
+            ),
+            _ => None,
+        },
+    };
+    let config = apply_rope_freqs(config, &weights, device)?;
+    let model = Transformer::load(config, &weights, dtype, device)?;
+    Ok(LoadedModel {
+        model: Arc::new(model),
+        tokenizer: Arc::new(tokenizer),
+        special_tokens,
+        chat_template,
+        weights_description: if dequantize { format!("gguf, dequantized to {dtype:?}") } else { "gguf, quantized".into() },
+    })
+}
+
+/// Llama 3.1 GGUFs store their RoPE scaling as per-frequency divisors.
+fn apply_rope_freqs(mut config: ModelConfig, weights: &GgufWeights, device: &Device) -> Result<ModelConfig> {
+    if weights.contains(WeightName::RopeFreqs) {
+        let t = weights.dense(WeightName::RopeFreqs, &[config.head_dim / 2], DType::F32, device)?;
+        config.rope_scaling = crate::config::RopeScaling::FrequencyFactors(t.to_vec1::<f32>()?);
+    }
+    Ok(config)
+}
+
+fn load_side_tokenizer(dir: &Path) -> Result<Option<Tokenizer>> {
+    let path = dir.join("tokenizer.json");
+    if path.is_file() {
+        Ok(Some(Tokenizer::from_file(&path)?))
+    } else {
+        Ok(None)
+    }
+}
