@@ -348,11 +348,19 @@ impl Engine {
         let mut generated = 0;
         for (id, mut row) in samplers.into_iter().zip(logits) {
             let Some(seq) = self.seqs.get_mut(&id) else { continue };
-            let sampled = sample(&mut row, &seq.params, &mut seq.sampler, &seq.tokens[..seq.prompt_len], &seq.tokens[seq.prompt_len..]);
-            let logprob = seq.params.logprobs.map(|_| TokenLogprob {
+            let (prompt, output) = seq.tokens.split_at(seq.prompt_len);
+            let sampled = match sample(&mut row, &seq.params, &mut seq.sampler, prompt, output) {
+                Ok(s) => s,
+                Err(e) => {
+                    seq.fail(format!("sampling failed: {e}"));
+                    self.remove(id, FinishKind::Abort);
+                    continue;
+                }
+            };
+            let logprob = sampled.logprob.map(|logprob| TokenLogprob {
                 token_id: sampled.token,
-                logprob: sampled.logprob,
-                top: sampled.top_logprobs.clone(),
+                logprob,
+                top: sampled.top_logprobs,
             });
             generated += 1;
             let outcome = seq.append(sampled.token, logprob);

@@ -25,6 +25,8 @@ use kvault_models::model::LoadedModel;
 pub(crate) enum Command {
     Add(Box<NewRequest>),
     Abort(u64),
+    /// Reports whether the engine is idle with every block free and nothing referenced.
+    CheckIdle(mpsc::Sender<Result<(), String>>),
     /// Stop taking work: abort what is queued or running, then exit the loop.
     Shutdown,
 }
@@ -98,6 +100,14 @@ impl EngineHandle {
         let _ = self.commands.send(Command::Abort(id));
     }
 
+    /// Waits until the engine has processed every command sent so far, then checks that it is
+    /// idle: no request queued or running, every KV block free, pool invariants intact.
+    pub fn check_idle(&self) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        self.commands.send(Command::CheckIdle(tx)).map_err(|_| "the engine has stopped".to_string())?;
+        rx.recv().map_err(|_| "the engine has stopped".to_string())?
+    }
+
     /// Aborts everything queued or running and waits for the engine thread to exit.
     pub fn shutdown(&self) {
         self.closed.store(true, Ordering::Release);
@@ -158,6 +168,12 @@ pub struct RequestStream {
     finished: bool,
 }
 
+impl std::fmt::Debug for RequestStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestStream").field("id", &self.id).field("finished", &self.finished).finish()
+    }
+}
+
 impl RequestStream {
     pub fn id(&self) -> u64 {
         self.id
@@ -209,6 +225,9 @@ fn run_loop(mut engine: Engine, rx: mpsc::Receiver<Command>) {
             match command {
                 Command::Add(req) => engine.add_request(*req),
                 Command::Abort(id) => engine.abort(id),
+                Command::CheckIdle(reply) => {
+                    let _ = reply.send(engine.check_idle_invariants());
+                }
                 Command::Shutdown => {
                     engine.abort_all();
                     return;

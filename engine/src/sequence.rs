@@ -26,7 +26,6 @@ pub(crate) enum Status {
 pub(crate) struct Sequence {
     pub id: u64,
     pub arrival_seq: u64,
-    pub arrival: Instant,
     pub prompt_len: usize,
     /// Prompt followed by every generated token.
     pub tokens: Vec<u32>,
@@ -59,10 +58,13 @@ impl Sequence {
         max_model_len: usize,
     ) -> Self {
         let sampler = SamplerState::new(&req.params, &eos_token_ids);
+        // Decoding in the prompt's context keeps SentencePiece's leading space on the first
+        // generated word (decoded alone, "▁there" would lose it).
+        let decoder = IncrementalDecoder::with_context(tokenizer.clone(), true, &req.prompt_ids)
+            .unwrap_or_else(|_| IncrementalDecoder::new(tokenizer, true));
         Self {
             id: req.id,
             arrival_seq,
-            arrival: req.arrival,
             prompt_len: req.prompt_ids.len(),
             tokens: req.prompt_ids,
             num_computed: 0,
@@ -71,15 +73,11 @@ impl Sequence {
             params: req.params,
             sampler,
             cached_tokens: None,
-            decoder: IncrementalDecoder::new(tokenizer, true),
+            decoder,
             events: req.events,
             eos_token_ids,
             max_model_len,
         }
-    }
-
-    pub fn output(&self) -> &[u32] {
-        &self.tokens[self.prompt_len..]
     }
 
     pub fn num_output(&self) -> usize {

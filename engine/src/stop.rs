@@ -19,6 +19,8 @@ pub struct StopStep {
     pub emit: String,
     /// A stop string completed: `emit` is the last text of this sequence.
     pub stopped: bool,
+    /// The stop string that completed (vLLM's `stop_reason`), when `stopped` by this push.
+    pub matched: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,16 +53,19 @@ impl StopStringMatcher {
             return StopStep {
                 emit: String::new(),
                 stopped: true,
+                matched: None,
             };
         }
         self.held.push_str(delta);
-        if let Some(start) = self.first_completed_stop() {
+        if let Some((start, stop)) = self.first_completed_stop() {
             self.stopped = true;
+            let matched = Some(self.stops[stop].clone());
             let mut emit = std::mem::take(&mut self.held);
             emit.truncate(start);
             return StopStep {
                 emit,
                 stopped: true,
+                matched,
             };
         }
         let keep_from = self.held.len() - self.longest_partial_suffix();
@@ -69,6 +74,7 @@ impl StopStringMatcher {
         StopStep {
             emit,
             stopped: false,
+            matched: None,
         }
     }
 
@@ -77,17 +83,18 @@ impl StopStringMatcher {
         std::mem::take(&mut self.held)
     }
 
-    /// Byte offset where the earliest-ending stop string starts, if one is complete.
-    fn first_completed_stop(&self) -> Option<usize> {
+    /// Byte offset where the earliest-ending complete stop string starts, and its index.
+    fn first_completed_stop(&self) -> Option<(usize, usize)> {
         self.stops
             .iter()
-            .filter_map(|s| {
+            .enumerate()
+            .filter_map(|(k, s)| {
                 self.held
                     .find(s.as_str())
-                    .map(|start| (start + s.len(), start))
+                    .map(|start| (start + s.len(), start, k))
             })
             .min()
-            .map(|(_, start)| start)
+            .map(|(_, start, k)| (start, k))
     }
 
     /// Length in bytes of the longest suffix of `held` that is a proper prefix of a stop string.
@@ -132,45 +139,23 @@ mod tests {
         (out, false)
     }
 
+    fn step(emit: &str, stopped: bool, matched: Option<&str>) -> StopStep {
+        StopStep {
+            emit: emit.into(),
+            stopped,
+            matched: matched.map(String::from),
+        }
+    }
+
     #[test]
     fn stop_split_across_many_deltas_is_caught_and_not_emitted() {
         let mut m = matcher(&["</end>"]);
-        assert_eq!(
-            m.push("Hello <"),
-            StopStep {
-                emit: "Hello ".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.push("/e"),
-            StopStep {
-                emit: "".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.push("n"),
-            StopStep {
-                emit: "".into(),
-                stopped: false
-            }
-        );
-        assert_eq!(
-            m.push("d> tail"),
-            StopStep {
-                emit: "".into(),
-                stopped: true
-            }
-        );
+        assert_eq!(m.push("Hello <"), step("Hello ", false, None));
+        assert_eq!(m.push("/e"), step("", false, None));
+        assert_eq!(m.push("n"), step("", false, None));
+        assert_eq!(m.push("d> tail"), step("", true, Some("</end>")));
         assert!(m.is_stopped());
-        assert_eq!(
-            m.push("more"),
-            StopStep {
-                emit: "".into(),
-                stopped: true
-            }
-        );
+        assert_eq!(m.push("more"), step("", true, None));
         assert_eq!(m.flush(), "");
     }
 
@@ -206,6 +191,12 @@ mod tests {
         assert_eq!(m.push("b").emit, "ab");
         assert_eq!(m.push("ac").emit, "");
         assert!(m.is_stopped());
+    }
+
+    #[test]
+    fn the_matched_stop_string_is_reported() {
+        let mut m = matcher(&["foo", "bar"]);
+        assert_eq!(m.push("xx bar foo"), step("xx ", true, Some("bar")));
     }
 
     #[test]

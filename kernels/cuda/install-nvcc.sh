@@ -20,8 +20,14 @@ find_nvcc() {
   { find "$VENV" -path "*/nvidia/*/bin/nvcc" -type f 2>/dev/null || true; } | head -n 1
 }
 
+# Complete = nvcc plus the CCCL headers cuda_fp16.h needs (an older venv may lack the latter).
+complete() {
+  local nvcc="$1"
+  [[ -n "$nvcc" && -e "$(dirname "$nvcc")/../include/nv/target" ]]
+}
+
 NVCC="$(find_nvcc)"
-if [[ -z "$NVCC" ]]; then
+if ! complete "$NVCC"; then
   PY="${PYTHON:-python3}"
   if [[ ! -x "$VENV/bin/python" ]]; then
     mkdir -p "$(dirname "$VENV")"
@@ -31,8 +37,8 @@ if [[ -z "$NVCC" ]]; then
   NVCC="$(find_nvcc)"
 fi
 
-if [[ -z "$NVCC" ]]; then
-  echo "install-nvcc.sh: pip finished but no nvcc was found under $VENV" >&2
+if ! complete "$NVCC"; then
+  echo "install-nvcc.sh: pip finished but no complete nvcc (with include/nv/target) under $VENV" >&2
   exit 1
 fi
 chmod +x "$NVCC" 2>/dev/null || true

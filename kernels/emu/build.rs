@@ -1,5 +1,6 @@
 //! Compiles the host emulator (csrc/) and every CUDA source under ../cuda (plus the deliberately
-//! broken kernels in csrc/broken) as C++ with the emulator's CUDA mapping included first.
+//! broken kernels in csrc/broken and the primitive probes in csrc/probe) as C++ with the
+//! emulator's CUDA mapping included first.
 //!
 //! Each .cu gets a generated wrapper translation unit, so a new kernel file is picked up without
 //! touching this script. The library is linked whole-archive: kernels register themselves from
@@ -38,7 +39,7 @@ fn main() {
         .file(csrc.join("runtime.cpp"))
         .cargo_metadata(false);
 
-    for (prefix, dir) in [("cuda", cuda_dir.clone()), ("broken", csrc.join("broken"))] {
+    for (prefix, dir) in [("cuda", cuda_dir.clone()), ("broken", csrc.join("broken")), ("probe", csrc.join("probe"))] {
         for cu in cu_files(&dir) {
             let stem = cu.file_stem().and_then(|s| s.to_str()).expect("utf-8 file name");
             let wrapper = out.join(format!("emu_{prefix}_{stem}.cpp"));
@@ -56,7 +57,7 @@ fn main() {
     println!("cargo:rustc-link-lib=dylib=stdc++");
     println!("cargo:rerun-if-changed={}", cuda_dir.display());
     println!("cargo:rerun-if-changed={}", csrc.display());
-    for dir in [&cuda_dir, &csrc, &csrc.join("include"), &csrc.join("broken")] {
+    for dir in [&cuda_dir, &csrc, &csrc.join("include"), &csrc.join("broken"), &csrc.join("probe")] {
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
             println!("cargo:rerun-if-changed={}", entry.path().display());
         }

@@ -202,15 +202,17 @@ fn pick_template(v: Option<&Json>, file: &Path) -> Result<Option<String>> {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => Ok(Some(s.clone())),
         Some(Json::Array(list)) => {
-            let named: Vec<(&str, &str)> = list
-                .iter()
-                .filter_map(|t| Some((t.get("name")?.as_str()?, t.get("template")?.as_str()?)))
-                .collect();
+            let named: Vec<(&str, &str)> =
+                list.iter().filter_map(|t| Some((t.get("name")?.as_str()?, t.get("template")?.as_str()?))).collect();
             match named.iter().find(|(name, _)| *name == "default") {
                 Some((_, src)) => Ok(Some(src.to_string())),
                 None => {
                     let names: Vec<&str> = named.iter().map(|(n, _)| *n).collect();
-                    bail!("{}: chat_template lists no template named `default` (found: {})", file.display(), names.join(", "))
+                    bail!(
+                        "{}: chat_template lists no template named `default` (found: {})",
+                        file.display(),
+                        names.join(", ")
+                    )
                 }
             }
         }

@@ -64,7 +64,10 @@ impl FromStr for HubModelId {
         let syntax = "expected org/name, org/name@revision, or either followed by :file.gguf";
         let (rest, file) = match s.split_once(':') {
             Some((rest, file)) => {
-                if !file.ends_with(".gguf") || file.starts_with('/') || file.split('/').any(|p| p.is_empty() || p == "..") {
+                if !file.ends_with(".gguf")
+                    || file.starts_with('/')
+                    || file.split('/').any(|p| p.is_empty() || p == "..")
+                {
                     bail!("`{s}`: `{file}` after ':' must be the path of a .gguf file in the repository ({syntax})");
                 }
                 (rest, Some(file.to_string()))
@@ -187,7 +190,8 @@ fn shards_in_index(index: &Path) -> Result<BTreeSet<String>> {
         .with_context(|| format!("{}: no weight_map object", index.display()))?;
     let mut shards = BTreeSet::new();
     for (tensor, file) in map {
-        let file = file.as_str().with_context(|| format!("{}: weight_map[{tensor}] is not a file name", index.display()))?;
+        let file =
+            file.as_str().with_context(|| format!("{}: weight_map[{tensor}] is not a file name", index.display()))?;
         if file.is_empty() || file.starts_with('/') || file.split('/').any(|p| p == "..") {
             bail!("{}: weight_map[{tensor}] names `{file}`, which is outside the repository", index.display());
         }
@@ -306,7 +310,10 @@ fn download(id: &HubModelId, settings: &HubSettings) -> Result<PathBuf> {
 fn snapshot_of(path: &Path, file: &str) -> Result<PathBuf> {
     let mut dir = path.to_path_buf();
     for _ in Path::new(file).components() {
-        dir = dir.parent().map(Path::to_path_buf).with_context(|| format!("{}: not inside a snapshot", path.display()))?;
+        dir = dir
+            .parent()
+            .map(Path::to_path_buf)
+            .with_context(|| format!("{}: not inside a snapshot", path.display()))?;
     }
     Ok(dir)
 }
@@ -330,7 +337,9 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_hub_id() {
-        for bad in ["name", "a/b/c", "/abs/path", "./a/b", "a/b@", "a/b:weights.bin", "a/b:../x.gguf", "a--b/c", "a/ b", ""] {
+        for bad in
+            ["name", "a/b/c", "/abs/path", "./a/b", "a/b@", "a/b:weights.bin", "a/b:../x.gguf", "a--b/c", "a/ b", ""]
+        {
             assert!(bad.parse::<HubModelId>().is_err(), "{bad:?} parsed");
             assert!(!looks_like_hub_id(bad), "{bad:?}");
         }

@@ -53,13 +53,21 @@ impl ModelSource {
             }
             bail!("{}: not a model (expected a .gguf file or a model folder)", path.display());
         }
-        if path.join("config.json").is_file() {
+        // A folder with safetensors weights is an HF folder; one holding a GGUF (possibly with
+        // config.json and tokenizer files beside it) is a GGUF model with side files.
+        let has_safetensors =
+            path.join("model.safetensors").is_file() || path.join("model.safetensors.index.json").is_file();
+        if has_safetensors {
             return Ok(ModelSource::Folder(path.to_path_buf()));
         }
         let ggufs = gguf_files_in(path)?;
+        if ggufs.is_empty() && path.join("config.json").is_file() {
+            // Lets the loader say which weight file is missing.
+            return Ok(ModelSource::Folder(path.to_path_buf()));
+        }
         match ggufs.as_slice() {
             [one] => Ok(ModelSource::Gguf(one.clone())),
-            [] => bail!("{}: no config.json and no .gguf file in this folder", path.display()),
+            [] => bail!("{}: no model here (no config.json with safetensors weights, no .gguf file)", path.display()),
             many => bail!(
                 "{}: {} .gguf files in this folder; name one of them with --model",
                 path.display(),
@@ -116,9 +124,20 @@ mod tests {
     }
 
     #[test]
+    fn folder_with_config_and_a_gguf_but_no_safetensors_is_a_gguf_model() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join("m.gguf"), b"x").unwrap();
+        assert_eq!(
+            ModelSource::parse(Some(dir.path().to_str().unwrap())).unwrap(),
+            ModelSource::Gguf(dir.path().join("m.gguf"))
+        );
+    }
+
+    #[test]
     fn folder_without_model_files_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let err = ModelSource::parse(Some(dir.path().to_str().unwrap())).unwrap_err().to_string();
-        assert!(err.contains("no config.json"), "{err}");
+        assert!(err.contains("no model here"), "{err}");
     }
 }

@@ -22,8 +22,16 @@ use crate::tokenizer::gguf_meta::opt_id;
 use crate::tokenizer::Tokenizer;
 
 /// Token texts that end a turn in common chat formats.
-const END_OF_TURN_TEXTS: &[&str] =
-    &["<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>"];
+const END_OF_TURN_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SpecialTokens {
@@ -91,8 +99,14 @@ impl SpecialTokens {
         tokenizer_config: Option<&str>,
         tokenizer: &Tokenizer,
     ) -> Result<Self> {
-        let mut f =
-            HfFields { bos_ids: vec![], eos_ids: vec![], pad_ids: vec![], bos_text: None, eos_text: None, pad_text: None };
+        let mut f = HfFields {
+            bos_ids: vec![],
+            eos_ids: vec![],
+            pad_ids: vec![],
+            bos_text: None,
+            eos_text: None,
+            pad_text: None,
+        };
         // Earlier entries win for the single-valued fields: generation settings are the most
         // specific, the tokenizer's token strings the least.
         for (text, file) in [(generation_config, "generation_config.json"), (config, "config.json")] {

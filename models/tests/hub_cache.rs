@@ -14,7 +14,8 @@ use kvault_models::tokenizer::Tokenizer;
 use tok_support::model_dir;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
-const FILES: &[&str] = &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"];
+const FILES: &[&str] =
+    &["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"];
 
 /// Serializes the tests that set process-wide environment variables.
 static ENV: Mutex<()> = Mutex::new(());
@@ -179,7 +180,8 @@ fn hf_hub_cache_beats_hf_home_and_hf_home_reads_its_hub_folder() {
     cache_with_stories(elsewhere.path());
     let model = id("org/stories");
     // HF_HOME/hub is empty; HF_HUB_CACHE has the model and must win.
-    let found = with_env(&[("HF_HOME", Some(home.path())), ("HF_HUB_CACHE", Some(elsewhere.path()))], || resolve(&model));
+    let found =
+        with_env(&[("HF_HOME", Some(home.path())), ("HF_HUB_CACHE", Some(elsewhere.path()))], || resolve(&model));
     assert!(found.unwrap().starts_with(elsewhere.path()));
     let err = with_env(&[("HF_HOME", Some(home.path()))], || resolve(&model)).unwrap_err().to_string();
     assert!(err.contains(&home.path().join("hub").display().to_string()), "{err}");

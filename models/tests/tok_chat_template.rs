@@ -92,7 +92,9 @@ fn qwen_style_template_renders_tools_tool_calls_and_tool_results() {
         ChatMessage {
             role: "assistant".into(),
             content: None,
-            tool_calls: Some(serde_json::json!([{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}])),
+            tool_calls: Some(
+                serde_json::json!([{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]),
+            ),
             ..Default::default()
         },
         ChatMessage { tool_call_id: Some("c1".into()), ..ChatMessage::new("tool", "{\"temp\": 21}") },

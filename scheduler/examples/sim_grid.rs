@@ -1,6 +1,6 @@
 //! Prints the simulated goodput grid: `cargo run --release -p kvault-scheduler --example sim_grid
-//! -- [hardware] [num_prompts] [workloads,comma,separated]` (defaults: a100, 500, the three
-//! uniform workloads; clients 10..100 as in the paper).
+//! -- [hardware] [num_prompts] [workloads,comma,separated] [server-max]` (defaults: a100, 500,
+//! the three uniform workloads, the workload's max_tokens; clients 10..100 as in the paper).
 
 use kvault_scheduler::sim::{goodput_table, markdown_table, simulate, Hardware, HardwareKind, SimConfig, Workload};
 
@@ -12,7 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => Workload::UNIFORM.to_vec(),
     };
-    let cfg = SimConfig { hardware: vec![Hardware::profile(hw)], workloads, num_prompts: prompts, ..SimConfig::default() };
+    let cfg = SimConfig { hardware: vec![Hardware::profile(hw)], workloads, num_prompts: prompts,
+        server_max_tokens: args.get(3).is_some_and(|s| s == "server-max"), ..SimConfig::default() };
     let start = std::time::Instant::now();
     let records = simulate(&cfg)?;
     println!("{}", goodput_table(&records));

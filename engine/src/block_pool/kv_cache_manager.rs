@@ -201,6 +201,20 @@ impl KvCacheManager {
     /// The prefix hit for a registered request that holds no blocks (new, or preempted), using
     /// its stored hashes; counted in `stats`. A request holding blocks gets no hit.
     pub fn get_computed_blocks(&mut self, id: RequestId) -> Result<PrefixHit, KvCacheError> {
+        let hit = self.peek_computed_blocks(id)?;
+        if let Some(req) = self.requests.get(&id) {
+            if req.blocks.is_empty() && req.hashable && self.pool.caching_enabled() {
+                self.stats.requests += 1;
+                self.stats.queries += req.tokens.len() as u64;
+                self.stats.hits += hit.num_tokens as u64;
+            }
+        }
+        Ok(hit)
+    }
+
+    /// What `get_computed_blocks` would return now, without counting it: for planning (e.g. a
+    /// scheduler view each step) at the cost of one map lookup per block, no rehashing.
+    pub fn peek_computed_blocks(&self, id: RequestId) -> Result<PrefixHit, KvCacheError> {
         let req = self
             .requests
             .get(&id)
@@ -208,11 +222,7 @@ impl KvCacheManager {
         if !req.blocks.is_empty() || !req.hashable || !self.pool.caching_enabled() {
             return Ok(PrefixHit::none());
         }
-        let hit = self.longest_hit(&req.hashes, &req.tokens);
-        self.stats.requests += 1;
-        self.stats.queries += req.tokens.len() as u64;
-        self.stats.hits += hit.num_tokens as u64;
-        Ok(hit)
+        Ok(self.longest_hit(&req.hashes, &req.tokens))
     }
 
     fn longest_hit(&self, hashes: &[BlockHash], tokens: &[u32]) -> PrefixHit {

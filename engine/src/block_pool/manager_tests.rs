@@ -326,6 +326,21 @@ fn stats_count_queried_and_hit_tokens() {
 }
 
 #[test]
+fn peeking_a_hit_matches_the_real_lookup_but_is_not_counted() {
+    let mut m = manager(8);
+    let prompt: Vec<u32> = (0..10).collect();
+    prefill(&mut m, 1, &prompt);
+    m.add_request(2, &prompt, ExtraKeys::none())
+        .expect("new id");
+    let before = m.stats();
+    let peeked = m.peek_computed_blocks(2).expect("known");
+    assert_eq!(m.stats(), before);
+    assert_eq!(peeked.num_tokens, 8);
+    assert_eq!(m.get_computed_blocks(2), Ok(peeked));
+    assert_eq!(m.stats().hits, before.hits + 8);
+}
+
+#[test]
 fn unknown_and_duplicate_requests_are_errors() {
     let mut m = manager(2);
     assert_eq!(m.free(5), Err(KvCacheError::UnknownRequest(5)));

@@ -68,10 +68,13 @@ pub fn sample_truncated(logits: &[f32], max: f32, t: Truncation, uniform: f64) -
     let weight = |l: f32| ((l - max) * inv_t).exp();
     let top_k_active = t.top_k > 0 && t.top_k < logits.len();
     if !top_k_active && t.top_p >= 1.0 && t.min_p <= 0.0 {
-        // Untruncated: one exp pass, then walk the vocabulary in id order.
-        let w: Vec<f32> = logits.iter().map(|&l| weight(l)).collect();
-        let total: f64 = w.iter().map(|&x| x as f64).sum();
-        let items = w.iter().enumerate().map(|(i, &x)| (i as u32, x as f64));
+        // Untruncated: one exp pass for the total, then walk the vocabulary in id order,
+        // computing weights only up to the drawn token.
+        let total: f64 = logits.iter().map(|&l| weight(l) as f64).sum();
+        let items = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, weight(l) as f64));
         return walk(items, total, uniform);
     }
     // min-p in logit space (no exp needed): p_i >= min_p * p_max <=> l_i >= max + T ln(min_p).
@@ -112,15 +115,23 @@ pub fn sample_truncated(logits: &[f32], max: f32, t: Truncation, uniform: f64) -
     )
 }
 
-/// Moves the nucleus to the front of `cands` and returns its size: the smallest r such that the
+/// Drops tokens that cannot be in the nucleus, moves the nucleus to the front of `cands` and
+/// returns its size: the smallest r such that the
 /// r most likely tokens hold at least `top_p` of the mass (vLLM keeps a token unless the mass of
 /// all less likely ones is at most 1 - top_p; the same set). Always at least one token.
 ///
-/// A weighted quickselect: halve the range holding the boundary rank until it is small, then
-/// sort only that. O(n) expected, with no full sort even for flat distributions.
-fn nucleus(cands: &mut [Cand], top_p: f64) -> usize {
+/// Then a weighted quickselect: halve the range holding the boundary rank until it is small,
+/// then sort only that. O(n) expected, with no full sort even for flat distributions.
+fn nucleus(cands: &mut Vec<Cand>, top_p: f64) -> usize {
     let total: f64 = cands.iter().map(|c| c.weight as f64).sum();
     let target = top_p * total;
+    // Exact pre-filter: a token lighter than (1 - top_p) · total / n is never in the nucleus.
+    // (If the last kept token weighed w, everything from it down holds more than
+    // (1 - top_p) · total, yet is at most n tokens of weight <= w.) For the peaked
+    // distributions language models produce this leaves a handful of tokens; the small margin
+    // absorbs rounding.
+    let floor = (1.0 - top_p) * total / cands.len() as f64 * (1.0 - 1e-4);
+    cands.retain(|c| c.weight as f64 >= floor);
     // Invariant: cands[..lo] are the lo most likely (mass `before` < target), and the boundary
     // rank r satisfies lo < r <= hi.
     let (mut lo, mut hi) = (0, cands.len());
@@ -304,6 +315,50 @@ mod tests {
             desc_key(1.0, 5) < desc_key(1.0, 6),
             "ties go to the lower id"
         );
+    }
+
+    #[test]
+    fn nucleus_matches_a_full_sort_reference() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for case in 0..300 {
+            let n = rng.random_range(1..3000);
+            // Flat, spread and sharply peaked rows, with many exact ties.
+            let spread = [0.0f32, 1.0, 5.0, 30.0][case % 4];
+            let logits: Vec<f32> = (0..n)
+                .map(|_| (rng.random_range(-1.0f32..1.0) * spread * 4.0).round() / 4.0)
+                .collect();
+            let top_p = rng.random_range(0.01f32..1.0) as f64;
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut cands: Vec<Cand> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| Cand {
+                    key: desc_key(l, i as u32),
+                    weight: (l - max).exp(),
+                })
+                .collect();
+            let mut reference = cands.clone();
+            reference.sort_by_key(|c| c.key);
+            let total: f64 = reference.iter().map(|c| c.weight as f64).sum();
+            let mut before = 0.0;
+            let mut want: Vec<u32> = Vec::new();
+            for c in &reference {
+                if !want.is_empty() && before >= top_p * total {
+                    break;
+                }
+                before += c.weight as f64;
+                want.push(c.id());
+            }
+            let kept = nucleus(&mut cands, top_p);
+            let mut got: Vec<u32> = cands[..kept].iter().map(Cand::id).collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(
+                got, want,
+                "case {case}: n {n}, spread {spread}, top_p {top_p}"
+            );
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ pub fn log_sum_exp(logits: &[f32]) -> f32 {
     if max == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    // f32 exp (each term is in [0, 1]) summed in f64.
+    let sum: f64 = logits.iter().map(|&l| (l - max).exp() as f64).sum();
     max + sum.ln() as f32
 }
 

@@ -40,6 +40,15 @@ pub fn apply_penalties(
     );
 }
 
+/// Whether `apply_penalties` would change any logit for a sequence with `num_output` tokens.
+pub fn modifies_logits(params: &SamplingParams, num_output: usize) -> bool {
+    !params.logit_bias.is_empty()
+        || num_output < params.min_tokens
+        || params.repetition_penalty != 1.0
+        || params.presence_penalty != 0.0
+        || params.frequency_penalty != 0.0
+}
+
 pub fn apply_logit_bias(logits: &mut [f32], bias: &[(u32, f32)]) {
     for &(token, b) in bias {
         if let Some(l) = logits.get_mut(token as usize) {
@@ -141,6 +150,40 @@ mod tests {
         let mut l = [1.0, 1.0, 1.0];
         run(&mut l, &p, &[], &[1, 1]);
         assert_eq!(l, [1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn modifies_logits_is_false_exactly_when_penalties_change_nothing() {
+        let d = SamplingParams::default;
+        let cases = [
+            d(),
+            SamplingParams {
+                logit_bias: vec![(1, 1.0)],
+                ..d()
+            },
+            SamplingParams {
+                min_tokens: 5,
+                stop_token_ids: vec![1],
+                ..d()
+            },
+            SamplingParams {
+                repetition_penalty: 1.5,
+                ..d()
+            },
+            SamplingParams {
+                presence_penalty: 0.5,
+                ..d()
+            },
+            SamplingParams {
+                frequency_penalty: -0.5,
+                ..d()
+            },
+        ];
+        for p in cases {
+            let mut l = [1.0, 2.0, -1.0];
+            run(&mut l, &p, &[1], &[1, 2]);
+            assert_eq!(modifies_logits(&p, 2), l != [1.0, 2.0, -1.0], "{p:?}");
+        }
     }
 
     #[test]

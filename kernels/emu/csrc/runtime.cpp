@@ -273,6 +273,14 @@ int kv_emu_signature(const char* name, char* out, std::size_t out_len) {
     return 0;
 }
 
+// Newline-separated names of every registered kernel; returns the length needed.
+std::size_t kv_emu_kernel_names(char* out, std::size_t out_len) {
+    std::string all;
+    for (const auto& entry : emu::registry()) all += entry.first + "\n";
+    if (out_len) std::snprintf(out, out_len, "%s", all.c_str());
+    return all.size() + 1;
+}
+
 int kv_emu_launch(const char* name, const unsigned* grid, const unsigned* block, std::size_t smem_bytes,
                   void* const* args, const char* arg_codes, int reverse, KvEmuStats* stats, char* err,
                   std::size_t err_len) {

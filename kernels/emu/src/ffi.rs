@@ -27,5 +27,7 @@ extern "C" {
         err_len: usize,
     ) -> c_int;
 
+    pub(crate) fn kv_emu_kernel_names(out: *mut c_char, out_len: usize) -> usize;
+
     pub(crate) fn kv_emu_signature(name: *const c_char, out: *mut c_char, out_len: usize) -> c_int;
 }

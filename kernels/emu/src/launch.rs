@@ -246,3 +246,14 @@ pub fn signature(kernel: &str) -> Option<String> {
     let end = out.iter().position(|&b| b == 0).unwrap_or(out.len());
     Some(String::from_utf8_lossy(&out[..end]).into_owned())
 }
+
+/// Names of every kernel the emulator registered (the real ones and the broken test kernels).
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: a zero-length buffer is never written; the call only reports the size needed.
+    let needed = unsafe { ffi::kv_emu_kernel_names(std::ptr::null_mut(), 0) };
+    let mut out = vec![0u8; needed];
+    // SAFETY: `out` is writable for `needed` bytes, enough for the names and the NUL.
+    unsafe { ffi::kv_emu_kernel_names(out.as_mut_ptr().cast::<c_char>(), out.len()) };
+    let end = out.iter().position(|&b| b == 0).unwrap_or(out.len());
+    String::from_utf8_lossy(&out[..end]).lines().map(str::to_string).collect()
+}

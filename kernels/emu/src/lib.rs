@@ -18,4 +18,4 @@ mod launch;
 #[path = "../../src/cuda/plan.rs"]
 pub mod plan;
 
-pub use launch::{launch_checked, launch_raw, signature, Arg, EmuError, LaunchStats, Pod, Schedule};
+pub use launch::{kernel_names, launch_checked, launch_raw, signature, Arg, EmuError, LaunchStats, Pod, Schedule};

@@ -71,10 +71,9 @@ pub(super) fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Re
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() => None,
-        Some(v) => Some(
-            usize::try_from(v.clone())
-                .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("tojson: indent must be an integer, got {v}")))?,
-        ),
+        Some(v) => Some(usize::try_from(v.clone()).map_err(|_| {
+            Error::new(ErrorKind::InvalidOperation, format!("tojson: indent must be an integer, got {v}"))
+        })?),
     };
     let text = if sort_keys {
         let json = serde_json::to_value(value)

@@ -120,7 +120,9 @@ fn byte_level_bpe(md: &Metadata, vocab: &Vocabulary) -> Result<tokenizers::Token
 fn sentencepiece_bpe(md: &Metadata, vocab: &Vocabulary) -> Result<tokenizers::Tokenizer> {
     let scores = match opt_f32_array(md, "tokenizer.ggml.scores")? {
         Some(s) if s.len() == vocab.tokens.len() => s,
-        Some(s) => bail!("GGUF metadata tokenizer.ggml.scores has {} entries for {} tokens", s.len(), vocab.tokens.len()),
+        Some(s) => {
+            bail!("GGUF metadata tokenizer.ggml.scores has {} entries for {} tokens", s.len(), vocab.tokens.len())
+        }
         // Without scores a lower id is a more frequent piece: rank merges by id.
         None => (0..vocab.tokens.len()).map(|i| -(i as f32)).collect(),
     };

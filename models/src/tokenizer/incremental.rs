@@ -42,7 +42,14 @@ impl IncrementalDecoder {
     /// A decoder for text that starts at the first pushed id (its leading space, if the
     /// tokenizer strips one at the start of text, is stripped as `decode` would).
     pub fn new(tokenizer: Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
-        Self { tokenizer, skip_special_tokens, ids: Vec::new(), prefix_offset: 0, read_offset: 0, prefix_text: String::new() }
+        Self {
+            tokenizer,
+            skip_special_tokens,
+            ids: Vec::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            prefix_text: String::new(),
+        }
     }
 
     /// A decoder for text that continues `context` (e.g. the prompt): the first generated
@@ -140,7 +147,8 @@ mod tests {
     #[test]
     fn concatenated_deltas_equal_full_decode() {
         let tok = stories();
-        for text in ["Once upon a time, there was a girl.", "  spaced   out ", "中文 and emoji 🦀🦀 mixed", "a\nb\n\nc"] {
+        for text in ["Once upon a time, there was a girl.", "  spaced   out ", "中文 and emoji 🦀🦀 mixed", "a\nb\n\nc"]
+        {
             let ids = tok.encode(text, true).unwrap();
             for skip in [true, false] {
                 let deltas = stream(&tok, &ids, skip);

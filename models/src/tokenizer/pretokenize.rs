@@ -23,10 +23,20 @@ use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
 /// at most three, punctuation runs, newlines, other whitespace.
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's split: as Llama 3's but every digit on its own.
-const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_REGEX: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 const GPT2_NAMES: &[&str] = &[
-    "default", "gpt2", "gpt-2", "phi-2", "olmo", "mpt", "roberta-bpe", "jina-v1-en", "jina-v2-es", "jina-v2-de",
+    "default",
+    "gpt2",
+    "gpt-2",
+    "phi-2",
+    "olmo",
+    "mpt",
+    "roberta-bpe",
+    "jina-v1-en",
+    "jina-v2-es",
+    "jina-v2-de",
     "jina-v2-code",
 ];
 const DIGITS_THEN_GPT2_NAMES: &[&str] = &["smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"];
@@ -73,8 +83,10 @@ pub(super) fn for_pre(pre: Option<&str>) -> Result<ByteLevelPipeline> {
             ignore_merges: false,
         }
     } else {
-        let known: Vec<&str> =
-            [GPT2_NAMES, DIGITS_THEN_GPT2_NAMES, LLAMA3_NAMES, QWEN2_NAMES].iter().flat_map(|s| s.iter().copied()).collect();
+        let known: Vec<&str> = [GPT2_NAMES, DIGITS_THEN_GPT2_NAMES, LLAMA3_NAMES, QWEN2_NAMES]
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect();
         bail!("unsupported tokenizer.ggml.pre `{name}` (supported: {})", known.join(", "))
     };
     Ok(pipeline)

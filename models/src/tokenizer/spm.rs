@@ -51,9 +51,7 @@ pub(super) fn merges_from_scores(pieces: &[&str], scores: &[f32]) -> Vec<(String
 }
 
 fn replace(pattern: ReplacePattern, content: &str) -> Result<NormalizerWrapper> {
-    Replace::new(pattern, content)
-        .map(NormalizerWrapper::Replace)
-        .map_err(|e| anyhow!("SentencePiece normalizer: {e}"))
+    Replace::new(pattern, content).map(NormalizerWrapper::Replace).map_err(|e| anyhow!("SentencePiece normalizer: {e}"))
 }
 
 /// `remove_extra_whitespaces`: SentencePiece drops leading/trailing spaces and collapses runs.
@@ -73,7 +71,8 @@ pub(super) fn normalizer(remove_extra_whitespaces: bool, add_space_prefix: bool)
 
 /// `▁` back to spaces, byte pieces back to UTF-8, and the prefix space taken off again.
 pub(super) fn decoder(add_space_prefix: bool) -> Result<DecoderWrapper> {
-    let to_space = tokenizers::normalizers::Replace::new(SPACE, " ").map_err(|e| anyhow!("SentencePiece decoder: {e}"))?;
+    let to_space =
+        tokenizers::normalizers::Replace::new(SPACE, " ").map_err(|e| anyhow!("SentencePiece decoder: {e}"))?;
     let mut steps = vec![
         DecoderWrapper::Replace(to_space),
         DecoderWrapper::ByteFallback(ByteFallback::new()),

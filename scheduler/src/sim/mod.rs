@@ -61,6 +61,10 @@ pub struct SimConfig {
     /// workload's `max_tokens` (the largest output that server would allow).
     pub past_future: PastFutureConfig,
     pub max_sim_time_s: f64,
+    /// See [`RunConfig::abort_margin_s`].
+    pub abort_margin_s: f64,
+    /// See [`RunConfig::server_max_tokens`]; past-future's seed then becomes `max_model_len`.
+    pub server_max_tokens: bool,
 }
 
 impl Default for SimConfig {
@@ -76,6 +80,8 @@ impl Default for SimConfig {
             reserve: 0.05,
             past_future: PastFutureConfig::default(),
             max_sim_time_s: 6.0 * 3600.0,
+            abort_margin_s: 2.0,
+            server_max_tokens: false,
         }
     }
 }
@@ -89,7 +95,11 @@ impl SimConfig {
                 for &clients in &self.clients {
                     for &kind in &self.policies {
                         let past_future = PastFutureConfig {
-                            seed_output_len: workload.max_tokens(),
+                            seed_output_len: if self.server_max_tokens {
+                                hw.max_model_len
+                            } else {
+                                workload.max_tokens()
+                            },
                             seed: self.seed ^ 0x9e37_79b9_7f4a_7c15,
                             ..self.past_future.clone()
                         };
@@ -102,6 +112,8 @@ impl SimConfig {
                             seed: self.seed,
                             sla: self.sla,
                             max_sim_time_s: self.max_sim_time_s,
+                            abort_margin_s: self.abort_margin_s,
+                            server_max_tokens: self.server_max_tokens,
                         });
                     }
                 }

@@ -8,8 +8,8 @@
 //! Clients: each of N clients sends a prompt, waits for it to finish and sends the next one from
 //! the shared data set. A request that misses the SLA is re-sent (same prompt, fresh clock), so
 //! the run ends when every prompt has succeeded once; goodput = prompts / virtual wall time. As in
-//! the paper's router, a waiting request that has produced no token by the TTFT SLA is aborted
-//! (and re-sent) instead of being served uselessly; a running request that misses the ITL SLA
+//! the paper's router, a waiting request that has produced no token by the TTFT SLA minus a
+//! margin is aborted (and re-sent) instead of being served uselessly; a running request that misses the ITL SLA
 //! runs to the end and is re-sent after. Preemption is by recompute without a prefix cache (the
 //! paper's engine drops a paused request's KV), so a resumed request recomputes everything.
 
@@ -40,6 +40,13 @@ pub struct RunConfig {
     pub sla: SlaConfig,
     /// Virtual-time limit; a run that hits it reports `timed_out` with what it finished.
     pub max_sim_time_s: f64,
+    /// A waiting request with no token yet is aborted (and re-sent) this long before its TTFT
+    /// deadline: admitting it later would waste a whole generation on a request whose prefill
+    /// ends past the deadline (the paper's router aborts at 8 s for a 10 s SLA).
+    pub abort_margin_s: f64,
+    /// Clients omit `max_tokens`, so each request may run to `max_model_len − input` (the
+    /// paper's server limit); otherwise they send the workload's `max_tokens`.
+    pub server_max_tokens: bool,
 }
 
 struct Live {
@@ -85,7 +92,12 @@ pub fn simulate_one(cfg: &RunConfig) -> Result<SimRecord> {
         return Err(SchedulerError::InvalidConfig("clients and num_prompts must be positive".into()));
     }
     let hw = &cfg.hardware;
-    let prompts = cfg.workload.generate(cfg.num_prompts, &mut StdRng::seed_from_u64(cfg.seed));
+    let mut prompts = cfg.workload.generate(cfg.num_prompts, &mut StdRng::seed_from_u64(cfg.seed));
+    if cfg.server_max_tokens {
+        for p in &mut prompts {
+            p.max_tokens = hw.max_model_len.saturating_sub(p.input_len).max(p.output_len);
+        }
+    }
     if let Some(p) = prompts.iter().find(|p| p.input_len + p.max_tokens > hw.max_model_len) {
         return Err(SchedulerError::InvalidConfig(format!(
             "workload {} has requests of {} tokens, above max_model_len {}",
@@ -227,10 +239,10 @@ pub fn simulate_one(cfg: &RunConfig) -> Result<SimRecord> {
         }
 
         // Waiting requests that can no longer make their TTFT are aborted and re-sent.
-        let sla = cfg.sla;
+        let deadline_s = (cfg.sla.ttft_ms / 1e3 - cfg.abort_margin_s).max(0.0);
         let (doomed, keep): (Vec<Live>, Vec<Live>) = waiting
             .drain(..)
-            .partition(|w| w.tracker.ttft_s().is_none() && w.tracker.is_doomed(&sla, t));
+            .partition(|w| w.tracker.ttft_s().is_none() && t - w.tracker.arrival_s() > deadline_s);
         waiting = keep.into();
         for d in doomed {
             acc.record(&d.tracker);
