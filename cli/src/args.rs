@@ -143,25 +143,25 @@ impl EngineArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8, value_parser = parse_temperature)]
+    #[arg(long, default_value_t = 0.8, value_parser = parse_temperature, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches p.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_unit_open_closed)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_unit_open_closed, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens less likely than min_p times the most likely one.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_unit_closed)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_unit_closed, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalize tokens already in the prompt or output (1 = off).
-    #[arg(long, default_value_t = 1.0, value_parser = parse_repetition_penalty)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_repetition_penalty, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
     /// OpenAI presence penalty, in [-2, 2].
-    #[arg(long, default_value_t = 0.0, value_parser = parse_openai_penalty)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_openai_penalty, allow_negative_numbers = true)]
     pub presence_penalty: f32,
     /// OpenAI frequency penalty, in [-2, 2].
-    #[arg(long, default_value_t = 0.0, value_parser = parse_openai_penalty)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_openai_penalty, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// Seed for sampling: the same seed gives the same text.
     #[arg(long)]
