@@ -7,7 +7,7 @@ mod prompt;
 
 use clap::{Parser, Subcommand};
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVAULT_GIT_COMMIT"), ", ", env!("KVAULT_FEATURES"), ")");
+pub(crate) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVAULT_GIT_COMMIT"), ", ", env!("KVAULT_FEATURES"), ")");
 
 #[derive(Parser, Debug)]
 #[command(name = "kvault", version = VERSION, about = "LLM serving engine with KV-cache memory management")]
@@ -22,6 +22,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Interactive multi-turn chat using the model's chat template.
     Chat(commands::chat::ChatArgs),
+    /// Report what this build supports and what it finds on this machine (CPU, CUDA).
+    Doctor,
 }
 
 fn main() {
@@ -30,6 +32,7 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Doctor => commands::doctor::run(),
     };
     if let Err(e) = result {
         // `{:#}` joins the context chain on one line: "file: what failed: why".

@@ -11,6 +11,7 @@
 //! block tables; where the blocks came from is none of its business.
 
 mod elem;
+pub mod matmul;
 pub mod paged;
 pub mod rms_norm;
 pub mod rope;
@@ -19,6 +20,7 @@ pub mod silu_mul;
 pub use paged::{
     paged_attention, write_kv, AttentionMetadata, HostMetadata, KvCacheShape, LayerKvCache, PagedKvCache,
 };
+pub use matmul::matmul_bt;
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;

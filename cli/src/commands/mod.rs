@@ -1,5 +1,6 @@
 //! One module per `kvault` subcommand.
 
 pub mod chat;
+pub mod doctor;
 pub mod generate;
 pub mod generate_batch;

@@ -53,6 +53,11 @@ impl Linear {
     /// `x`: `[tokens, in_dim]` → `[tokens, out_dim]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
+            // On CPU, kvault's batch-invariant kernel: a token's bits never depend on what else
+            // is in the batch. Other devices use candle's matmul.
+            Weight::Dense(w) if x.device().is_cpu() && x.dtype() == DType::F32 && w.dtype() == DType::F32 => {
+                kvault_kernels::matmul_bt(&x.contiguous()?, w)?
+            }
             Weight::Dense(w) => x.matmul(&w.t()?)?,
             Weight::Quantized(q) => q.forward(x)?,
         };

@@ -3,10 +3,15 @@
 //! Work is split into items of (sequence, kv head, query tile, range of logical blocks). One
 //! item streams its kv head's blocks once for all `group` query heads of every query in its tile
 //! (GQA-aware: a K/V block is loaded once per `tile × group` rows). Long prefill chunks are cut
-//! into query tiles, and when there are too few items to keep the cores busy (one long decode
-//! sequence) the key range is split too, flash-decoding style; each item leaves a partial
-//! `(max, sum, acc)` per row and [`merge`] combines them exactly. No `[T, context]` score matrix
-//! is ever built: an item holds one block's scores per row.
+//! into query tiles, and long key ranges are split too, flash-decoding style, so one long decode
+//! sequence still keeps every core busy; each item leaves a partial `(max, sum, acc)` per row
+//! and [`merge`] combines them. No `[T, context]` score matrix is ever built: an item holds one
+//! block's scores per row.
+//!
+//! Batch invariance: key splits sit at fixed positions (multiples of [`SPLIT_KEYS`]), never
+//! chosen from the batch's shape or the thread count, so a query's result is the same bits
+//! whether it runs alone, in a big batch, in a long prefill chunk or as a decode row after a
+//! prefix-cache hit. That is what makes prefix hits and continuous batching bit-exact.
 //!
 //! Must not know: candle tensors or metadata validation (the caller guarantees in-range block
 //! ids and consistent lengths; see `AttentionMetadata::new`).
@@ -19,10 +24,10 @@ use crate::paged::HostMetadata;
 /// Queries per tile in a prefill chunk: large enough that a K/V block in L1 serves many rows,
 /// small enough that a long chunk yields several items.
 const QUERY_TILE: usize = 32;
-/// Fewest keys worth a separate item: below this rayon's per-task cost outweighs the split.
-const MIN_KEYS_PER_SPLIT: usize = 256;
-/// Items per thread to aim for, so uneven items still balance.
-const ITEMS_PER_THREAD: usize = 4;
+/// Keys per split (a multiple of every supported block size). Large enough that rayon's per-task
+/// cost and the merge are small next to the work, small enough that a 2K-context decode yields
+/// several items per kv head.
+const SPLIT_KEYS: usize = 512;
 
 pub(super) struct Geometry {
     pub num_heads: usize,
@@ -67,7 +72,7 @@ pub(super) fn attention<C: KernelFloat>(
     geometry: &Geometry,
     scale: f32,
 ) -> Vec<f32> {
-    let items = plan(host, geometry, rayon::current_num_threads());
+    let items = plan(host, geometry);
     let partials: Vec<Partial> = items
         .par_iter()
         .map(|item| run_item(item, q, key, value, host, geometry, scale))
@@ -75,7 +80,7 @@ pub(super) fn attention<C: KernelFloat>(
     merge(&partials, host, geometry, q.len())
 }
 
-fn plan(host: &HostMetadata, g: &Geometry, threads: usize) -> Vec<WorkItem> {
+fn plan(host: &HostMetadata, g: &Geometry) -> Vec<WorkItem> {
     // (seq, q_start, q_end, blocks the tile's last query needs)
     let mut tiles = Vec::new();
     for seq in 0..host.context_lens.len() {
@@ -87,13 +92,9 @@ fn plan(host: &HostMetadata, g: &Geometry, threads: usize) -> Vec<WorkItem> {
             tiles.push((seq, q_start, q_end, keys.div_ceil(g.block_size)));
         }
     }
-    let base_items = tiles.len() * g.num_kv_heads;
-    let want_splits = (threads * ITEMS_PER_THREAD).div_ceil(base_items).max(1);
-    let blocks_per_min_split = MIN_KEYS_PER_SPLIT.div_ceil(g.block_size);
+    let per_split = (SPLIT_KEYS / g.block_size).max(1);
     let mut items = Vec::new();
     for (seq, q_start, q_end, blocks) in tiles {
-        let splits = want_splits.min(blocks.div_ceil(blocks_per_min_split)).max(1);
-        let per_split = blocks.div_ceil(splits);
         for kv_head in 0..g.num_kv_heads {
             for block_start in (0..blocks).step_by(per_split) {
                 let block_end = (block_start + per_split).min(blocks);
@@ -107,7 +108,7 @@ fn plan(host: &HostMetadata, g: &Geometry, threads: usize) -> Vec<WorkItem> {
 /// How many work items the planner makes for this batch on this machine (tests check splitting).
 #[cfg(test)]
 pub(super) fn plan_len(host: &HostMetadata, g: &Geometry) -> usize {
-    plan(host, g, rayon::current_num_threads()).len()
+    plan(host, g).len()
 }
 
 fn run_item<C: KernelFloat>(
@@ -296,7 +297,7 @@ mod tests {
     fn plan_covers_every_query_and_needed_block_exactly_once() {
         let host = host(&[1, 70, 5], &[2048, 100, 5], 16);
         let g = geometry(3);
-        let items = plan(&host, &g, 2);
+        let items = plan(&host, &g);
         for seq in 0..3 {
             let q_len = host.query_range(seq).len();
             let ctx = host.context_lens[seq] as usize;
@@ -320,10 +321,23 @@ mod tests {
     #[test]
     fn one_long_decode_is_split_across_threads_but_short_ones_are_not() {
         let g = geometry(3);
-        let long = plan(&host(&[1], &[2048], 16), &g, 2);
-        assert!(long.len() >= 2 * ITEMS_PER_THREAD, "only {} items", long.len());
-        let short = plan(&host(&[1], &[100], 16), &g, 2);
+        let long = plan(&host(&[1], &[2048], 16), &g);
+        assert_eq!(long.len(), 3 * 2048 / SPLIT_KEYS, "one item per kv head and 512-key split");
+        let short = plan(&host(&[1], &[100], 16), &g);
         assert_eq!(short.len(), 3, "one item per kv head when the context is short");
+    }
+
+    #[test]
+    fn split_boundaries_do_not_depend_on_the_rest_of_the_batch() {
+        // The same 1500-key decode row, alone and next to a long prefill chunk: its items cover
+        // the same block ranges, so its partials (and their merge order) are identical.
+        let g = geometry(1);
+        let ranges = |items: Vec<WorkItem>, seq: usize| -> Vec<(usize, usize)> {
+            items.into_iter().filter(|i| i.seq == seq).map(|i| (i.block_start, i.block_end)).collect()
+        };
+        let alone = ranges(plan(&host(&[1], &[1500], 16), &g), 0);
+        let batched = ranges(plan(&host(&[300, 1], &[900, 1500], 16), &g), 1);
+        assert_eq!(alone, batched);
     }
 
     #[test]
