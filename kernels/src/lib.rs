@@ -10,6 +10,8 @@
 //! Must not know: models, requests, scheduling or block allocation. Callers hand it tensors and
 //! block tables; where the blocks came from is none of its business.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod elem;
 pub mod matmul;
 pub mod paged;

@@ -38,6 +38,17 @@ impl CustomOp2 for RmsNorm {
         "rms_norm"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        w: &candle_core::CudaStorage,
+        wl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::rms_norm(self.eps, x, xl, w, wl)
+    }
+
     fn cpu_fwd(&self, x: &CpuStorage, x_l: &Layout, w: &CpuStorage, w_l: &Layout) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let weight = to_f32_vec(w, w_l, name, "weight")?;

@@ -50,6 +50,19 @@ impl CustomOp3 for Rope {
         "rope"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        xl: &Layout,
+        cos: &candle_core::CudaStorage,
+        cosl: &Layout,
+        sin: &candle_core::CudaStorage,
+        sinl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::rope(x, xl, cos, cosl, sin, sinl)
+    }
+
     fn cpu_fwd(
         &self,
         x: &CpuStorage,

@@ -28,6 +28,17 @@ impl CustomOp2 for SiluMul {
         "silu_mul"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+        u: &candle_core::CudaStorage,
+        ul: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::silu_mul(g, gl, u, ul)
+    }
+
     fn cpu_fwd(&self, g: &CpuStorage, g_l: &Layout, u: &CpuStorage, u_l: &Layout) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let storage = with_float_type!(g, name, T => {

@@ -72,6 +72,19 @@ impl InplaceOp3 for ScatterRows {
         "write_kv"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        d: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        s: &candle_core::CudaStorage,
+        sl: &Layout,
+        m: &candle_core::CudaStorage,
+        ml: &Layout,
+    ) -> Result<()> {
+        crate::cuda::ops::write_kv_rows(d, dl, s, sl, m, ml)
+    }
+
     fn cpu_fwd(
         &self,
         dst: &mut CpuStorage,
@@ -100,6 +113,19 @@ struct ScatterPositions;
 impl InplaceOp3 for ScatterPositions {
     fn name(&self) -> &'static str {
         "write_kv(slot_pos)"
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        d: &mut candle_core::CudaStorage,
+        dl: &Layout,
+        p: &candle_core::CudaStorage,
+        pl: &Layout,
+        m: &candle_core::CudaStorage,
+        ml: &Layout,
+    ) -> Result<()> {
+        crate::cuda::ops::write_kv_positions(d, dl, p, pl, m, ml)
     }
 
     fn cpu_fwd(

@@ -85,6 +85,19 @@ impl CustomOp3 for PagedAttention<'_> {
         "paged_attention"
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        ql: &Layout,
+        k: &candle_core::CudaStorage,
+        kl: &Layout,
+        v: &candle_core::CudaStorage,
+        vl: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::ops::paged_attention(self.meta, self.softmax_scale, q, ql, k, kl, v, vl)
+    }
+
     fn cpu_fwd(
         &self,
         q: &CpuStorage,
