@@ -11,7 +11,7 @@ if [ ! -d ../shared/models ]; then
 fi
 
 if [ -x kernels/cuda/install-nvcc.sh ]; then
-  KVAULT_NVCC="$(kernels/cuda/install-nvcc.sh)"
+  KVAULT_NVCC="$(kernels/cuda/install-nvcc.sh | tail -n 1)"
   export KVAULT_NVCC
 fi
 

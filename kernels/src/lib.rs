@@ -22,7 +22,7 @@ pub mod silu_mul;
 pub use paged::{
     paged_attention, write_kv, AttentionMetadata, HostMetadata, KvCacheShape, LayerKvCache, PagedKvCache,
 };
-pub use matmul::matmul_bt;
+pub use matmul::{matmul_bt, QuantizedMatrix};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;

@@ -61,6 +61,11 @@ pub fn matmul_bt_slices(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> V
     out
 }
 
+/// Every row of `x` against all `n` rows of `w` (`[n, k]`), into `out` (`[m, n]`).
+pub(super) fn block_into(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    block(x, w, m, k, 0, n, out)
+}
+
 /// Columns `c0..c1` of every row, into `part` (`[m, c1 - c0]`).
 fn block(x: &[f32], w: &[f32], m: usize, k: usize, c0: usize, c1: usize, part: &mut [f32]) {
     let width = c1 - c0;

@@ -10,8 +10,10 @@
 //! Must not know: models or which layer is being computed.
 
 mod dense;
+mod quantized;
 
 pub use dense::{matmul_bt, matmul_bt_slices};
+pub use quantized::{dequantize_rows, QuantizedMatrix};
 
 /// The canonical dot product every matmul kernel reproduces bit for bit.
 #[inline]

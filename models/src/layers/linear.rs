@@ -3,6 +3,7 @@
 use anyhow::Result;
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
+use kvault_kernels::QuantizedMatrix;
 
 use crate::weights::{MatrixWeight, WeightName, WeightSource};
 
@@ -16,6 +17,9 @@ pub struct Linear {
 #[derive(Clone, Debug)]
 enum Weight {
     Dense(Tensor),
+    /// CPU: kvault's kernel (f32 activations, batch-invariant, exact w.r.t. the dequantized
+    /// weights). Elsewhere: candle's quantized matmul.
+    QuantizedCpu(QuantizedMatrix),
     Quantized(QMatMul),
 }
 
@@ -23,6 +27,7 @@ impl Linear {
     pub fn from_matrix(weight: MatrixWeight, bias: Option<Tensor>, out_dim: usize) -> Result<Self> {
         let weight = match weight {
             MatrixWeight::Dense(w) => Weight::Dense(w),
+            MatrixWeight::Quantized(q) if q.device().is_cpu() => Weight::QuantizedCpu(QuantizedMatrix::new(q)?),
             MatrixWeight::Quantized(q) => Weight::Quantized(QMatMul::from_arc(q)?),
         };
         Ok(Self { weight, bias, out_dim })
@@ -59,6 +64,8 @@ impl Linear {
                 kvault_kernels::matmul_bt(&x.contiguous()?, w)?
             }
             Weight::Dense(w) => x.matmul(&w.t()?)?,
+            Weight::QuantizedCpu(q) if x.dtype() == DType::F32 => q.matmul(&x.contiguous()?)?,
+            Weight::QuantizedCpu(q) => q.matmul(&x.to_dtype(DType::F32)?.contiguous()?)?.to_dtype(x.dtype())?,
             Weight::Quantized(q) => q.forward(x)?,
         };
         match &self.bias {
