@@ -32,10 +32,7 @@ def prompt_text(n_tokens: int, tokenize) -> str:
     return " ".join(words[:lo])
 
 
-def llama_cpp_run(gguf: str, prompt: str, n_new: int, threads: int, reps: int):
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+def llama_cpp_run(llm, prompt: str, n_new: int, reps: int):
     toks = llm.tokenize(prompt.encode(), add_bos=False)
     best = None
     for _ in range(reps):
@@ -83,9 +80,11 @@ def main():
 
     from llama_cpp import Llama
 
-    vocab_only = Llama(model_path=args.gguf, vocab_only=True, verbose=False)
-    prompt = prompt_text(args.prompt_tokens, lambda s: vocab_only.tokenize(s.encode(), add_bos=False))
-    n_l, (pp_l, tg_l) = llama_cpp_run(args.gguf, prompt, args.new_tokens, args.threads, args.reps)
+    # (llama.cpp's vocab_only mode crashed here; one full instance serves both purposes.)
+    llm = Llama(model_path=args.gguf, n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
+                n_batch=512, verbose=False)
+    prompt = prompt_text(args.prompt_tokens, lambda s: llm.tokenize(s.encode(), add_bos=False))
+    n_l, (pp_l, tg_l) = llama_cpp_run(llm, prompt, args.new_tokens, args.reps)
     n_k, (pp_k, tg_k) = kvault_run(args.kvault, args.gguf, prompt, args.new_tokens, args.reps)
     rows = [("kvault", n_k, pp_k, tg_k), ("llama.cpp (llama-cpp-python)", n_l, pp_l, tg_l)]
     print(f"| engine | prompt tokens | prefill tok/s | decode tok/s ({args.new_tokens} new) |")

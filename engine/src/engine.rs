@@ -217,7 +217,8 @@ impl Engine {
             .block_table(id)
             .map_or(0, |t| t.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(1)).count());
         let (hit_tokens, hit_free) = if waiting && self.config.enable_prefix_caching {
-            let hit = self.kv.find_prefix_hit(&seq.tokens, &ExtraKeys::none());
+            // The request's block hashes are kept incrementally; no rehashing per step.
+            let hit = self.kv.peek_computed_blocks(id).unwrap_or_default();
             let free = hit.blocks.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(0)).count();
             (hit.num_tokens, free)
         } else {

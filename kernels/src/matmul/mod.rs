@@ -10,6 +10,7 @@
 //! Must not know: models or which layer is being computed.
 
 mod dense;
+mod fused;
 mod quantized;
 
 pub use dense::{matmul_bt, matmul_bt_slices};

@@ -64,6 +64,62 @@ impl QuantizedMatrix {
     }
 
     fn run(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if m <= super::fused::MAX_ROWS
+                && super::fused::supported(self.dtype())
+                && super::avx2_fma()
+                && std::is_x86_feature_detected!("f16c")
+            {
+                return self.run_fused(x, m);
+            }
+        }
+        self.run_tiled(x, m)
+    }
+
+    /// Decode batches: weights dequantized in registers, streamed once.
+    #[cfg(target_arch = "x86_64")]
+    fn run_fused(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let data = self.q.data()?;
+        let (n, k, rb) = (self.out_dim, self.in_dim, self.row_bytes);
+        let dtype = self.dtype();
+        // Row-major [n, m] per task, transposed into [m, n] at the end.
+        let mut by_row = vec![0f32; n * m];
+        let row = |c: usize| &data[c * rb..(c + 1) * rb];
+        by_row.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(t, chunk)| {
+            let first = t * ROWS_PER_TASK;
+            let mut i = 0;
+            if m == 1 {
+                while i + 4 <= chunk.len() {
+                    let c = first + i;
+                    // SAFETY: AVX2/FMA/F16C checked by the caller; rows hold k/32 whole blocks.
+                    let four = unsafe {
+                        super::fused::four_rows_one_x(dtype, [row(c), row(c + 1), row(c + 2), row(c + 3)], x, k)
+                    };
+                    chunk[i..i + 4].copy_from_slice(&four);
+                    i += 4;
+                }
+            }
+            for (j, out) in chunk[i..].chunks_mut(m).enumerate() {
+                let c = first + i / m + j;
+                // SAFETY: as above.
+                unsafe { super::fused::row_dots(dtype, row(c), x, m, k, out) };
+            }
+        });
+        if m == 1 {
+            return Ok(by_row);
+        }
+        let mut out = vec![0f32; m * n];
+        for c in 0..n {
+            for r in 0..m {
+                out[r * n + c] = by_row[c * m + r];
+            }
+        }
+        Ok(out)
+    }
+
+    /// Prefill batches: a few rows dequantized at a time, multiplied as a dense tile.
+    fn run_tiled(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let data = self.q.data()?;
         let (n, k) = (self.out_dim, self.in_dim);
         let dtype = self.dtype();
@@ -219,8 +275,11 @@ mod tests {
     #[test]
     fn quantized_matmul_is_bit_identical_to_dense_on_dequantized_weights() {
         for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            check(dtype, 70, 64, 1);
-            check(dtype, 37, 96, 6);
+            // 1..=4 rows take the fused decode path, 6 the tiled one: both must agree with dense.
+            for m in [1, 2, 3, 4, 6] {
+                check(dtype, 70, 64, m);
+                check(dtype, 37, 96, m);
+            }
         }
         for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
             check(dtype, 9, 256, 3);
