@@ -62,7 +62,7 @@ pub fn matmul_bt_slices(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> V
 }
 
 /// Every row of `x` against all `n` rows of `w` (`[n, k]`), into `out` (`[m, n]`).
-pub(super) fn block_into(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+pub(crate) fn block_into(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     block(x, w, m, k, 0, n, out)
 }
 

@@ -5,16 +5,16 @@
 //! compute every element exactly that way however the rows are batched or tiled. BLAS-style
 //! GEMMs change the accumulation order with the matrix shape, so the same token gets different
 //! bits alone, in a batch, in a prefill chunk or after a prefix-cache hit; here it cannot.
-//! (The quantized kernels dequantize weights and feed the same canonical dot.)
+//! (The quantized kernels either dequantize weights and feed the same canonical dot, or, for
+//! Q4_0/Q4_1/Q8_0, factor the block scale out: batch-invariant, equal to it up to f32 rounding.)
 //!
 //! Must not know: models or which layer is being computed.
 
 mod dense;
-mod fused;
 mod quantized;
 
 pub use dense::{matmul_bt, matmul_bt_slices};
-pub use quantized::{dequantize_rows, QuantizedMatrix};
+pub use quantized::{dequantize, QuantizedMatrix};
 
 /// The canonical dot product every matmul kernel reproduces bit for bit.
 #[inline]

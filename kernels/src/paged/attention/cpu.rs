@@ -75,7 +75,7 @@ pub(super) fn attention<C: KernelFloat>(
     let items = plan(host, geometry);
     let partials: Vec<Partial> = items
         .par_iter()
-        .map(|item| run_item(item, q, key, value, host, geometry, scale))
+        .map(|item| run_item_dispatch(item, q, key, value, host, geometry, scale))
         .collect();
     merge(&partials, host, geometry, q.len())
 }
@@ -111,7 +111,43 @@ pub(super) fn plan_len(host: &HostMetadata, g: &Geometry) -> usize {
     plan(host, g).len()
 }
 
-fn run_item<C: KernelFloat>(
+/// The kernel compiled twice: portable (the crate's baseline target, SSE2 on x86-64) and with
+/// AVX2+FMA when the CPU has them, picked at run time. The inner loops are plain Rust that LLVM
+/// vectorises; the wider target only changes the vector width it may use (~2× on decode).
+fn run_item_dispatch<C: KernelFloat>(
+    item: &WorkItem,
+    q: &[f32],
+    key: &[C],
+    value: &[C],
+    host: &HostMetadata,
+    g: &Geometry,
+    scale: f32,
+) -> Partial {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function was compiled for were just detected on this CPU.
+        return unsafe { run_item_avx2(item, q, key, value, host, g, scale) };
+    }
+    run_item::<C, false>(item, q, key, value, host, g, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_item_avx2<C: KernelFloat>(
+    item: &WorkItem,
+    q: &[f32],
+    key: &[C],
+    value: &[C],
+    host: &HostMetadata,
+    g: &Geometry,
+    scale: f32,
+) -> Partial {
+    run_item::<C, true>(item, q, key, value, host, g, scale)
+}
+
+/// `AVX`: use the AVX2+FMA inner loops; only [`run_item_avx2`] (entered after detection) sets it.
+#[inline(always)]
+fn run_item<C: KernelFloat, const AVX: bool>(
     item: &WorkItem,
     q: &[f32],
     key: &[C],
@@ -141,8 +177,8 @@ fn run_item<C: KernelFloat>(
     let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
     let table = host.block_table(item.seq);
     let slab = bs * hd;
-    for logical in item.block_start..item.block_end {
-        let base = (table[logical] as usize * g.num_kv_heads + item.kv_head) * slab;
+    for (logical, &physical) in table.iter().enumerate().take(item.block_end).skip(item.block_start) {
+        let base = (physical as usize * g.num_kv_heads + item.kv_head) * slab;
         let k = C::as_f32(&key[base..base + slab], &mut k_scratch);
         let v = C::as_f32(&value[base..base + slab], &mut v_scratch);
         let first_key = logical * bs;
@@ -155,7 +191,7 @@ fn run_item<C: KernelFloat>(
             let n = (visible - first_key).min(bs);
             for h in 0..group {
                 let r = j * group + h;
-                attend_block(
+                attend_block::<AVX>(
                     &q_rows[r * hd..(r + 1) * hd],
                     &k[..n * hd],
                     &v[..n * hd],
@@ -172,8 +208,8 @@ fn run_item<C: KernelFloat>(
 
 /// One online-softmax step of one row over `n` keys (`k`, `v`: `n × head_dim`): the row's running
 /// max, sum and unnormalised output are rescaled once per block, not once per key.
-#[inline]
-fn attend_block(
+#[inline(always)]
+fn attend_block<const AVX: bool>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -185,7 +221,17 @@ fn attend_block(
     let hd = q.len();
     let mut block_max = f32::NEG_INFINITY;
     for (s, k_row) in scores.iter_mut().zip(k.chunks_exact(hd)) {
-        *s = dot(q, k_row);
+        *s = if AVX {
+            // SAFETY: AVX is only true inside `run_item_avx2`, entered after detecting avx2+fma.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                super::simd::dot_avx2(q, k_row)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            dot(q, k_row)
+        } else {
+            dot(q, k_row)
+        };
         block_max = block_max.max(*s);
     }
     let new_max = max.max(block_max);
@@ -200,24 +246,52 @@ fn attend_block(
     }
     *sum = *sum * correction + block_sum;
     *max = new_max;
-    for (&p, v_row) in scores.iter().zip(v.chunks_exact(hd)) {
-        axpy(acc, p, v_row);
+    if AVX {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            super::simd::weighted_sum_avx2(acc, scores, v)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        weighted_sum(acc, scores, v)
+    } else {
+        weighted_sum(acc, scores, v)
     }
 }
 
-/// Dot product with 8 independent accumulators so LLVM emits SIMD without reassociation flags.
+/// Dot product with 16 independent accumulators (two AVX or four SSE registers), written with
+/// zipped iterators so there are no bounds checks and LLVM emits SIMD without reassociation flags.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
+    const LANES: usize = 16;
+    let mut lanes = [0f32; LANES];
+    let (a16, b16) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a16.remainder().iter().zip(b16.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a16.zip(b16) {
+        // Fixed-size arrays let LLVM see 16 lanes and load them as full vectors.
+        let (Ok(x), Ok(y)) = (<&[f32; LANES]>::try_from(x), <&[f32; LANES]>::try_from(y)) else {
+            continue; // unreachable: chunks_exact yields LANES-long chunks
+        };
+        for i in 0..LANES {
             lanes[i] += x[i] * y[i];
         }
     }
-    let pairs = [lanes[0] + lanes[4], lanes[1] + lanes[5], lanes[2] + lanes[6], lanes[3] + lanes[7]];
-    (pairs[0] + pairs[2]) + (pairs[1] + pairs[3]) + tail
+    let mut width = LANES / 2;
+    while width > 0 {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+        width /= 2;
+    }
+    lanes[0] + tail
+}
+
+/// `acc += Σ_i probs[i] · v_i` over the block's rows `v_i` (`v`: `probs.len() × acc.len()`).
+#[inline(always)]
+fn weighted_sum(acc: &mut [f32], probs: &[f32], v: &[f32]) {
+    for (&p, v_row) in probs.iter().zip(v.chunks_exact(acc.len())) {
+        axpy(acc, p, v_row);
+    }
 }
 
 #[inline(always)]
@@ -338,6 +412,38 @@ mod tests {
         let alone = ranges(plan(&host(&[1], &[1500], 16), &g), 0);
         let batched = ranges(plan(&host(&[300, 1], &[900, 1500], 16), &g), 1);
         assert_eq!(alone, batched);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_dot_axpy_and_weighted_sum_match_portable_ones_for_all_tail_lengths() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return; // nothing to compare on this CPU: the portable path is the only one used
+        }
+        for n in [1usize, 7, 8, 9, 16, 23, 40, 64, 129] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            // SAFETY: features detected above.
+            let fast = unsafe { super::super::simd::dot_avx2(&a, &b) };
+            assert!((fast - dot(&a, &b)).abs() < 1e-4, "dot n={n}");
+            let (mut x, mut y) = (a.clone(), a.clone());
+            // SAFETY: features detected above.
+            unsafe { super::super::simd::axpy_avx2(&mut x, 0.5, &b) };
+            axpy(&mut y, 0.5, &b);
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-6, "axpy n={n}");
+            }
+            // 3 rows of width n, weighted into an accumulator that starts non-zero.
+            let probs = [0.25f32, -1.5, 2.0];
+            let rows: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.07).sin()).collect();
+            let (mut x, mut y) = (b.clone(), b.clone());
+            // SAFETY: features detected above.
+            unsafe { super::super::simd::weighted_sum_avx2(&mut x, &probs, &rows) };
+            weighted_sum(&mut y, &probs, &rows);
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-5, "weighted_sum n={n}");
+            }
+        }
     }
 
     #[test]

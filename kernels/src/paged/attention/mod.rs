@@ -23,6 +23,8 @@
 //! (rows are few in decode, where H2O accumulates). Nothing else in the kernel changes.
 
 mod cpu;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 #[cfg(test)]
 mod tests;
 

@@ -1,0 +1,258 @@
+//! `y = x Wᵀ` for f32 activations against a weight matrix kept in a ggml quantized format.
+//!
+//! Owns: [`QuantizedMatrix`] (a candle `CustomOp1` holding the quantized weights) and the
+//! choice of kernel per batch size, plus the split of the work over rayon tasks by weight rows.
+//! The activations are never quantized and every product is accumulated in f32.
+//!
+//! - Q4_0 / Q4_1 / Q8_0 on AVX2+FMA+F16C, any batch: the fused kernel ([`fused`]) unpacks each
+//!   block once in registers for a group of up to 8 x rows and factors the block scale out of
+//!   the dot product (512-bit vectors where the CPU has AVX-512: [`fused512`]). Results equal `x · dequantized Wᵀ` up to f32 rounding (the test bound is
+//!   1e-5 of Σ|x·w|), not bit for bit: regrouping `Σ x·(d·q + m)` as `d·Σ x·q + m·Σ x` saves a
+//!   third of the vector work per weight, and a batch-1 decode is bound by exactly that work.
+//! - Every other format, and CPUs without AVX2: a tile of weight rows is dequantized into a
+//!   per-thread f32 buffer exactly as ggml defines the format and multiplied by a register-
+//!   blocked GEMM (the dense kernel's) with the canonical accumulation of `crate::matmul::dot`, so the
+//!   result is bit-identical to `crate::matmul::matmul_bt(x, dequantized W)`.
+//!
+//! Either way each output element is computed by one fixed sequence of operations that depends
+//! only on its own x row and weight row: a token gets the same bits alone, in a decode batch,
+//! or inside a prefill chunk.
+//!
+//! Must not know: models, layers, or where the weights came from (GGUF or a quantization pass).
+
+mod dequant;
+#[cfg(target_arch = "x86_64")]
+mod driver;
+#[cfg(target_arch = "x86_64")]
+mod fused;
+#[cfg(target_arch = "x86_64")]
+mod fused512;
+#[cfg(target_arch = "x86_64")]
+mod pack;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+pub use dequant::dequantize;
+
+/// Weight rows per rayon task on the fused path (a multiple of its 4-row register tile).
+const FUSED_ROWS_PER_TASK: usize = 32;
+/// Weight rows dequantized and multiplied together on the tiled path.
+const TILE_ROWS: usize = 32;
+
+/// A `[out_dim, in_dim]` weight matrix stored in a ggml quantized format, rows contiguous.
+#[derive(Clone, Debug)]
+pub struct QuantizedMatrix {
+    weights: Weights,
+    dtype: GgmlDType,
+    out_dim: usize,
+    in_dim: usize,
+    /// Bytes of one weight row in ggml blocks (`in_dim / block_size` blocks).
+    row_bytes: usize,
+}
+
+/// Where the weights live: repacked for a fused kernel, or the ggml blocks as loaded.
+#[derive(Clone, Debug)]
+enum Weights {
+    #[cfg(target_arch = "x86_64")]
+    Packed(Arc<pack::Packed>, Fused),
+    Blocks(Arc<QTensor>),
+}
+
+impl QuantizedMatrix {
+    /// Wraps a 2-D quantized tensor; rows must consist of whole blocks. Q4_0 / Q4_1 / Q8_0 on
+    /// a CPU with a fused kernel are repacked once ([`pack`]) and the `QTensor` is not kept, so
+    /// the weights are held once if the caller drops its own handle.
+    pub fn new(q: Arc<QTensor>) -> Result<Self> {
+        let dtype = q.dtype();
+        let (out_dim, in_dim) = match q.shape().dims() {
+            &[o, i] => (o, i),
+            dims => bail!("quantized matrix: expected a 2-D weight, got shape {dims:?}"),
+        };
+        let bs = dtype.block_size();
+        if in_dim % bs != 0 {
+            bail!("quantized matrix: row length {in_dim} is not a multiple of the {dtype:?} block size {bs}")
+        }
+        let row_bytes = in_dim / bs * dtype.type_size();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if let (Some(kernel), true) = (Fused::for_dtype(dtype), q.device().is_cpu()) {
+                let packed = pack::Packed::new(dtype, &q.data()?, out_dim, in_dim)?;
+                let weights = Weights::Packed(Arc::new(packed), kernel);
+                return Ok(Self { weights, dtype, out_dim, in_dim, row_bytes });
+            }
+        }
+        Ok(Self { weights: Weights::Blocks(q), dtype, out_dim, in_dim, row_bytes })
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
+    /// Bytes of weights one matmul streams (the packed layout where there is one).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed(p, _) => p.size_in_bytes(),
+            Weights::Blocks(_) => self.out_dim * self.row_bytes,
+        }
+    }
+
+    /// `y = x Wᵀ`: x `[.., in_dim]` f32 (contiguous) → `[.., out_dim]` f32.
+    pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        x.apply_op1_no_bwd(self)
+    }
+
+    /// `x` row-major `[m, in_dim]` → `[m, out_dim]`.
+    fn run(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if m == 0 || self.out_dim == 0 {
+            return Ok(Vec::new());
+        }
+        match &self.weights {
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed(p, kernel) => Ok(self.run_fused(*kernel, p, x, m)),
+            Weights::Blocks(q) => {
+                if !q.device().is_cpu() {
+                    bail!("quantized matmul: activations on the CPU but weights on {:?}", q.device().location())
+                }
+                let data = q.data()?;
+                if data.len() != self.out_dim * self.row_bytes {
+                    bail!("quantized matrix: {} bytes of weights, expected {}", data.len(), self.out_dim * self.row_bytes)
+                }
+                self.run_tiled(&data, x, m)
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn run_fused(&self, kernel: Fused, p: &pack::Packed, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.out_dim, self.in_dim);
+        let (qrb, srb) = (k / 32 * p.qs_bytes, k / 32 * p.scales_per_block);
+        let sums = if self.dtype == GgmlDType::Q4_1 { fused::block_sums(x, m, k) } else { Vec::new() };
+        let task = |r0: usize, part: &mut [f32]| {
+            let rows = part.len() / m;
+            let (qs, sc) = (&p.qs[r0 * qrb..(r0 + rows) * qrb], &p.scales[r0 * srb..(r0 + rows) * srb]);
+            // SAFETY: `Fused::for_dtype` checked the CPU for this kernel when the weights were
+            // packed; `Packed::new` checked they hold n whole rows; x holds m * k values (checked
+            // in `cpu_fwd`); k is a multiple of 32; `sums` matches x.
+            unsafe {
+                match kernel {
+                    Fused::Avx2 => fused::rows_dot(self.dtype, qs, sc, x, &sums, m, k, part),
+                    Fused::Avx512 => fused512::rows_dot(self.dtype, qs, sc, x, &sums, m, k, part),
+                }
+            }
+        };
+        if m == 1 {
+            let mut out = vec![0f32; n];
+            out.par_chunks_mut(FUSED_ROWS_PER_TASK).enumerate().for_each(|(t, part)| task(t * FUSED_ROWS_PER_TASK, part));
+            return out;
+        }
+        // Each task yields its columns of every x row (`[m, rows]`), gathered row by row below.
+        let parts: Vec<Vec<f32>> = (0..n.div_ceil(FUSED_ROWS_PER_TASK))
+            .into_par_iter()
+            .map(|t| {
+                let r0 = t * FUSED_ROWS_PER_TASK;
+                let mut part = vec![0f32; m * FUSED_ROWS_PER_TASK.min(n - r0)];
+                task(r0, &mut part);
+                part
+            })
+            .collect();
+        gather(&parts, m, n, FUSED_ROWS_PER_TASK)
+    }
+
+    fn run_tiled(&self, data: &[u8], x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let (n, k, rb) = (self.out_dim, self.in_dim, self.row_bytes);
+        thread_local! {
+            static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+        }
+        let parts: Vec<Vec<f32>> = (0..n.div_ceil(TILE_ROWS))
+            .into_par_iter()
+            .map(|t| {
+                let c0 = t * TILE_ROWS;
+                let rows = TILE_ROWS.min(n - c0);
+                let mut part = vec![0f32; m * rows];
+                TILE.with(|buf| -> Result<()> {
+                    let mut w = buf.borrow_mut();
+                    w.resize(TILE_ROWS * k, 0.0);
+                    dequantize(self.dtype, &data[c0 * rb..(c0 + rows) * rb], &mut w[..rows * k])?;
+                    crate::matmul::dense::block_into(x, &w[..rows * k], m, k, rows, &mut part);
+                    Ok(())
+                })?;
+                Ok(part)
+            })
+            .collect::<Result<_>>()?;
+        Ok(gather(&parts, m, n, TILE_ROWS))
+    }
+}
+
+/// The register-fused kernel a format takes on this CPU, if any.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fused {
+    Avx2,
+    Avx512,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Fused {
+    fn for_dtype(dtype: GgmlDType) -> Option<Self> {
+        if fused512::available(dtype) {
+            Some(Self::Avx512)
+        } else if fused::available(dtype) {
+            Some(Self::Avx2)
+        } else {
+            None
+        }
+    }
+}
+
+/// Lays out per-task column blocks (`[m, width]`, task t holding columns from `t * step`) as `[m, n]`.
+fn gather(parts: &[Vec<f32>], m: usize, n: usize, step: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        for (t, part) in parts.iter().enumerate() {
+            let width = part.len() / m;
+            row[t * step..t * step + width].copy_from_slice(&part[r * width..(r + 1) * width]);
+        }
+    });
+    out
+}
+
+impl CustomOp1 for QuantizedMatrix {
+    fn name(&self) -> &'static str {
+        "kvault-qmatmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s else {
+            bail!("quantized matmul: activations must be f32, got {:?}", s.dtype())
+        };
+        let dims = l.shape().dims();
+        let Some((&k, lead)) = dims.split_last() else { bail!("quantized matmul: x must have at least one dimension") };
+        if k != self.in_dim {
+            bail!("quantized matmul: x has {k} columns, W {}x{} expects {}", self.out_dim, self.in_dim, self.in_dim)
+        }
+        let Some((a, b)) = l.contiguous_offsets() else { bail!("quantized matmul: x must be contiguous") };
+        let m = lead.iter().product::<usize>();
+        let out = self.run(&x[a..b], m)?;
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.out_dim);
+        Ok((CpuStorage::F32(out), Shape::from(out_dims)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
