@@ -14,5 +14,8 @@ if [ -x kernels/cuda/install-nvcc.sh ]; then
   KVAULT_NVCC="$(kernels/cuda/install-nvcc.sh | tail -n 1)"
   export KVAULT_NVCC
 fi
+# The OpenAI-SDK compatibility tests (cli/tests/serve_openai_sdk.rs) run in this venv.
+KVAULT_TEST_PYTHON="$(scripts/install-openai-venv.sh | tail -n 1)"
+export KVAULT_TEST_PYTHON
 
 cargo test --release --workspace "$@"

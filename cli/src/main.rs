@@ -22,6 +22,11 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Interactive multi-turn chat using the model's chat template.
     Chat(commands::chat::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API.
+    Serve(commands::serve::ServeArgs),
+    /// Measure throughput and latency: offline, against a server, batch-1, or simulated.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA).
     Doctor,
 }
@@ -32,6 +37,8 @@ fn main() {
     let result = match cli.command {
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Bench(c) => commands::bench::run(c),
         Command::Doctor => commands::doctor::run(),
     };
     if let Err(e) = result {

@@ -1,6 +1,8 @@
 //! Prints the simulated goodput grid: `cargo run --release -p kvault-scheduler --example sim_grid
 //! -- [hardware] [num_prompts] [workloads,comma,separated] [server-max]` (defaults: a100, 500,
 //! the three uniform workloads, the workload's max_tokens; clients 10..100 as in the paper).
+//! A quick way to explore the simulator without building the binary; users run
+//! `kvault bench simulate`, which adds per-workload tables, PNG plots and JSON records.
 
 use kvault_scheduler::sim::{goodput_table, markdown_table, simulate, Hardware, HardwareKind, SimConfig, Workload};
 

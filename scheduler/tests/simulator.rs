@@ -31,12 +31,40 @@ fn every_workload_completes_at_small_scale_under_every_policy() {
 }
 
 #[test]
-fn local_profile_runs_the_sharegpt_like_workload() {
+fn local_profile_runs_the_sharegpt_like_workload_under_its_default_sla() {
+    let hw = Hardware::profile(HardwareKind::Local);
     let mut cfg = small(vec![Workload::ShareGpt], vec![8], 24);
-    cfg.hardware = vec![Hardware::profile(HardwareKind::Local)];
-    cfg.sla = kvault_scheduler::SlaConfig::new(60_000.0, 5_000.0).unwrap();
+    cfg.sla = hw.default_sla();
+    cfg.hardware = vec![hw];
     for r in simulate(&cfg).unwrap() {
         assert_eq!((r.hardware.as_str(), r.good), ("local", 24), "{r:?}");
+        // Light load on the local profile meets its own SLA without a single re-send.
+        assert_eq!(r.failed, 0, "{r:?}");
+    }
+}
+
+#[test]
+fn failed_requests_are_resent_until_every_prompt_meets_the_sla() {
+    // 40 clients of long requests against a 4 s TTFT: many requests miss it and are re-sent, but
+    // the run only ends once each of the 60 prompts has succeeded once.
+    let mut cfg = small(vec![Workload::Uniform1], vec![40], 60);
+    cfg.sla = kvault_scheduler::SlaConfig::new(4_000.0, 1_500.0).unwrap();
+    for r in simulate(&cfg).unwrap() {
+        assert!(!r.timed_out, "{r:?}");
+        assert_eq!(r.good, 60, "{r:?}");
+        assert!(r.failed > 0, "the tight SLA must cause re-sends: {r:?}");
+        assert!((r.goodput_rps - 60.0 / r.sim_time_s).abs() < 1e-9, "goodput = good / wall time: {r:?}");
+    }
+}
+
+#[test]
+fn the_issue_grid_runs_every_client_count_from_10_to_100() {
+    let clients = vec![10, 20, 40, 60, 80, 100];
+    let recs = simulate(&small(vec![Workload::ShareGpt], clients.clone(), 120)).unwrap();
+    assert_eq!(recs.len(), clients.len() * 3);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r.clients, clients[i / 3]);
+        assert_eq!(r.good, 120, "{r:?}");
     }
 }
 

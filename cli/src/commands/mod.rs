@@ -4,3 +4,5 @@ pub mod chat;
 pub mod doctor;
 pub mod generate;
 pub mod generate_batch;
+pub mod bench;
+pub mod serve;

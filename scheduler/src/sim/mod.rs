@@ -13,8 +13,8 @@ pub mod workload;
 
 use serde::Serialize;
 
-pub use cost::{Hardware, HardwareKind, ModelSpec};
-pub use report::{goodput_table, markdown_table};
+pub use cost::{Hardware, HardwareKind, LocalMeasurement, ModelSpec, LOCAL_KV_CACHE_BYTES};
+pub use report::{clients_table, goodput_table, markdown_table};
 pub use serving::{simulate_one, RunConfig};
 pub use workload::{PromptSpec, Workload};
 

@@ -3,7 +3,7 @@
 //! Owns: the length distributions and drawing a prompt set from a seed. Must not know about
 //! clients, scheduling or cost.
 //!
-//! - `uniform1/2/3`: the Past-Future paper's synthetic sets (input/output uniform in
+//! - `uniform-1/2/3`: the Past-Future paper's synthetic sets (input/output uniform in
 //!   32–4096/2048–4096, 3000–5000/3000–5000, 2048–4096/32–4096). `max_tokens` is the top of the
 //!   output range: the friendliest choice for the conservative baseline (it reserves exactly
 //!   the workload's largest output, not the server's).
@@ -50,9 +50,9 @@ impl Workload {
         match self {
             Workload::ShareGpt => "sharegpt",
             Workload::ShareGptO1 => "sharegpt-o1",
-            Workload::Uniform1 => "uniform1",
-            Workload::Uniform2 => "uniform2",
-            Workload::Uniform3 => "uniform3",
+            Workload::Uniform1 => "uniform-1",
+            Workload::Uniform2 => "uniform-2",
+            Workload::Uniform3 => "uniform-3",
         }
     }
 
@@ -62,6 +62,14 @@ impl Workload {
             Workload::ShareGpt => 4096,
             Workload::ShareGptO1 => 8192,
             Workload::Uniform1 | Workload::Uniform3 => 4096,
+            Workload::Uniform2 => 5000,
+        }
+    }
+
+    /// The longest prompt this workload draws.
+    pub fn max_input_len(&self) -> usize {
+        match self {
+            Workload::ShareGpt | Workload::ShareGptO1 | Workload::Uniform1 | Workload::Uniform3 => 4096,
             Workload::Uniform2 => 5000,
         }
     }
@@ -100,14 +108,13 @@ impl fmt::Display for Workload {
 impl FromStr for Workload {
     type Err = SchedulerError;
     fn from_str(s: &str) -> Result<Self> {
-        Workload::ALL
-            .into_iter()
-            .find(|w| w.as_str() == s.to_ascii_lowercase().replace('_', "-"))
-            .ok_or_else(|| {
-                SchedulerError::InvalidConfig(format!(
-                    "unknown workload '{s}' (expected sharegpt, sharegpt-o1, uniform1, uniform2 or uniform3)"
-                ))
-            })
+        // Separators are optional: "uniform-1", "uniform_1" and "uniform1" name the same set.
+        let bare = |t: &str| t.to_ascii_lowercase().replace(['-', '_'], "");
+        Workload::ALL.into_iter().find(|w| bare(w.as_str()) == bare(s)).ok_or_else(|| {
+            SchedulerError::InvalidConfig(format!(
+                "unknown workload '{s}' (expected sharegpt, sharegpt-o1, uniform-1, uniform-2 or uniform-3)"
+            ))
+        })
     }
 }
 
@@ -123,7 +130,7 @@ mod tests {
         for (w, ((il, ih), (ol, oh))) in Workload::UNIFORM.into_iter().zip(ranges) {
             let set = w.generate(2000, &mut rng);
             assert!(set.iter().all(|p| (il..=ih).contains(&p.input_len) && (ol..=oh).contains(&p.output_len)));
-            assert!(set.iter().all(|p| p.output_len <= p.max_tokens));
+            assert!(set.iter().all(|p| p.output_len <= p.max_tokens && p.input_len <= w.max_input_len()));
             let mean_out = set.iter().map(|p| p.output_len as f64).sum::<f64>() / 2000.0;
             assert!((mean_out - (ol + oh) as f64 / 2.0).abs() < 0.03 * oh as f64, "{w}: {mean_out}");
         }
@@ -137,6 +144,8 @@ mod tests {
         let (mi, mo) = (mean(|p| p.input_len), mean(|p| p.output_len));
         assert!((140.0..180.0).contains(&mi), "input mean {mi}");
         assert!((300.0..370.0).contains(&mo), "output mean {mo}");
+        let w = Workload::ShareGpt;
+        assert!(set.iter().all(|p| p.input_len <= w.max_input_len() && p.output_len <= w.max_tokens()));
     }
 
     #[test]
@@ -144,6 +153,11 @@ mod tests {
         for w in Workload::ALL {
             assert_eq!(w.as_str().parse::<Workload>().unwrap(), w);
         }
+        for alias in ["uniform1", "Uniform_1", "UNIFORM-1"] {
+            assert_eq!(alias.parse::<Workload>().unwrap(), Workload::Uniform1);
+        }
+        assert_eq!("sharegpt_o1".parse::<Workload>().unwrap(), Workload::ShareGptO1);
         assert!("alpaca".parse::<Workload>().is_err());
+        assert!("uniform-4".parse::<Workload>().is_err());
     }
 }

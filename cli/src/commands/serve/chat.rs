@@ -1,0 +1,266 @@
+//! `POST /v1/chat/completions`: OpenAI messages rendered with the model's chat template,
+//! `n` choices, chat-shaped logprobs, streaming with a first role delta per choice.
+//!
+//! Owns: message validation (roles, string or text-part content) and the chat prompt, which
+//! `/tokenize` reuses. Must not know: SSE framing or fan-out mechanics.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use kvault_engine::engine::EngineInfo;
+use kvault_engine::events::{Completion, TokenDelta};
+use kvault_engine::sampler::MAX_LOGPROBS;
+use kvault_models::chat_template::ChatMessage;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::{parse_json, ApiError};
+use super::generation::{self, finish_fields, PromptJob, UsageTally};
+use super::logprobs::chat_logprobs;
+use super::params::CommonFields;
+use super::sse::{self, ChunkFormatter, SseOptions};
+use super::state::{unix_now, AppState};
+
+#[derive(Debug, Deserialize)]
+pub struct MessageIn {
+    pub role: String,
+    /// A string, an array of content parts, or absent/null (assistant turns).
+    #[serde(default)]
+    pub content: Value,
+    pub name: Option<String>,
+    pub tool_calls: Option<Value>,
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    messages: Option<Vec<MessageIn>>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<usize>,
+    tools: Option<Value>,
+    /// vLLM extensions: extra template variables and the generation-prompt switch.
+    chat_template_kwargs: Option<Value>,
+    add_generation_prompt: Option<bool>,
+}
+
+/// Messages → OpenAI-validated template messages. `messages[i]...` names the bad field.
+pub fn convert_messages(messages: &[MessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid("messages", "messages must contain at least one message"));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                // OpenAI's newer name for the system role; templates only know `system`.
+                "developer" => "system",
+                r @ ("system" | "user" | "assistant" | "tool") => r,
+                other => {
+                    return Err(ApiError::invalid(
+                        format!("messages[{i}].role"),
+                        format!("unknown role `{other}`; expected system, user, assistant or tool"),
+                    ))
+                }
+            };
+            let content = content_text(&m.content, i)?;
+            if content.is_none() && role != "assistant" {
+                return Err(ApiError::invalid(format!("messages[{i}].content"), format!("a {role} message needs content")));
+            }
+            Ok(ChatMessage {
+                role: role.to_string(),
+                content,
+                tool_calls: m.tool_calls.clone(),
+                name: m.name.clone(),
+                tool_call_id: m.tool_call_id.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A string, or text parts joined with newlines (as vLLM flattens them for string templates).
+fn content_text(content: &Value, i: usize) -> Result<Option<String>, ApiError> {
+    match content {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s.clone())),
+        Value::Array(parts) => {
+            let texts = parts
+                .iter()
+                .enumerate()
+                .map(|(j, part)| {
+                    let param = format!("messages[{i}].content[{j}]");
+                    match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(text)) => Ok(text.to_string()),
+                        (Some("text"), None) => Err(ApiError::invalid(param, "a text content part needs a string `text`")),
+                        (Some(other), _) => Err(ApiError::invalid(param, format!("content part type `{other}` is not supported; only `text` is"))),
+                        (None, _) => Err(ApiError::invalid(param, "each content part needs a `type`")),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(texts.join("\n")))
+        }
+        _ => Err(ApiError::invalid(format!("messages[{i}].content"), "content must be a string or an array of content parts")),
+    }
+}
+
+/// Renders and tokenizes a conversation with the model's template.
+pub fn chat_prompt(info: &EngineInfo, messages: &[ChatMessage], add_generation_prompt: bool, tools: Option<&Value>, extra: Option<&Value>) -> Result<Vec<u32>, ApiError> {
+    let template = info.chat_template.as_ref().ok_or_else(|| {
+        ApiError::invalid("messages", "this model has no chat template, so /v1/chat/completions cannot format messages; use /v1/completions")
+    })?;
+    let text = template
+        .render_with(messages, add_generation_prompt, tools, extra)
+        .map_err(|e| ApiError::invalid("messages", format!("{e:#}")))?;
+    // The template writes every special token itself, so none are added here.
+    info.tokenizer.encode(&text, false).map_err(|e| ApiError::invalid("messages", format!("{e:#}")))
+}
+
+pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let req: ChatRequest = parse_json(&body)?;
+    let common: CommonFields = parse_json(&body)?;
+    state.check_model(common.model.as_deref())?;
+    let engine = state.engine()?.clone();
+    let info = engine.info().clone();
+    let messages = convert_messages(req.messages.as_deref().ok_or_else(|| ApiError::invalid("messages", "messages is required"))?)?;
+    let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
+        (_, Some(k)) if k > MAX_LOGPROBS => return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be at most {MAX_LOGPROBS}, got {k}"))),
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs set to true")),
+        (true, k) => Some(k.unwrap_or(0)),
+        (false, None) => None,
+    };
+    let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+    let prompt_ids = chat_prompt(&info, &messages, add_generation_prompt, req.tools.as_ref(), req.chat_template_kwargs.as_ref())?;
+    let n = common.n()?;
+    let include_usage = common.include_usage()?;
+    // OpenAI's chat default is "as long as the context allows".
+    let max_tokens = common.requested_max_tokens().unwrap_or_else(|| info.max_model_len.saturating_sub(prompt_ids.len()).max(1));
+    let mut params = common.params(max_tokens)?;
+    params.logprobs = logprobs;
+    let streams = generation::submit_all(&engine, &state.metrics, &[PromptJob { prompt_ids, params }], n)?;
+
+    let meta = Meta { id: generation::response_id("chatcmpl"), created: unix_now(), model: state.served_model_name.clone() };
+    if common.stream() {
+        let formatter = StreamFormat { meta, info, choices: n, logprobs: logprobs.is_some() };
+        return Ok(sse::response(generation::merged(streams), formatter, SseOptions { include_usage, n }));
+    }
+    let outputs = generation::gather(streams).await?;
+    let mut usage = UsageTally::default();
+    let choices: Vec<Value> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, out)| {
+            usage.add(i, n, &out.completion);
+            let (reason, stop_reason) = finish_fields(&out.completion);
+            json!({
+                "index": i,
+                "message": {"role": "assistant", "content": out.text},
+                "logprobs": logprobs.map(|_| chat_logprobs(&info.tokenizer, &out.logprobs)),
+                "finish_reason": reason,
+                "stop_reason": stop_reason,
+            })
+        })
+        .collect();
+    let mut body = meta.envelope("chat.completion");
+    body.insert("choices".into(), Value::Array(choices));
+    body.insert("usage".into(), usage.json());
+    Ok(axum::Json(Value::Object(body)).into_response())
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    fn envelope(&self, object: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("object".into(), json!(object));
+        m.insert("created".into(), json!(self.created));
+        m.insert("model".into(), json!(self.model));
+        m
+    }
+}
+
+struct StreamFormat {
+    meta: Meta,
+    info: Arc<EngineInfo>,
+    choices: usize,
+    logprobs: bool,
+}
+
+impl StreamFormat {
+    fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&Completion>) -> Value {
+        let (reason, stop_reason) = finish.map(finish_fields).map_or((Value::Null, Value::Null), |(r, s)| (json!(r), s));
+        let mut m = self.meta.envelope("chat.completion.chunk");
+        let choice = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop_reason});
+        m.insert("choices".into(), json!([choice]));
+        Value::Object(m)
+    }
+}
+
+impl ChunkFormatter for StreamFormat {
+    fn opening(&mut self) -> Vec<Value> {
+        (0..self.choices).map(|i| self.chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None)).collect()
+    }
+
+    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Option<Value> {
+        let logprobs = match (&delta.logprobs, self.logprobs) {
+            (Some(entries), true) => chat_logprobs(&self.info.tokenizer, entries),
+            _ if delta.text.is_empty() => return None,
+            _ => Value::Null,
+        };
+        Some(self.chunk(choice, json!({"content": delta.text}), logprobs, None))
+    }
+
+    fn finished(&mut self, choice: usize, done: &Completion) -> Value {
+        let delta = if done.trailing_text.is_empty() { json!({}) } else { json!({"content": done.trailing_text}) };
+        self.chunk(choice, delta, Value::Null, Some(done))
+    }
+
+    fn envelope(&self) -> Map<String, Value> {
+        self.meta.envelope("chat.completion.chunk")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(json: &str) -> Result<Vec<ChatMessage>, ApiError> {
+        let m: Vec<MessageIn> = serde_json::from_str(json).unwrap();
+        convert_messages(&m)
+    }
+
+    #[test]
+    fn text_parts_are_joined_and_assistant_content_may_be_absent() {
+        let m = messages(
+            r#"[{"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "tool_calls": [{"id": "1"}]},
+                {"role": "tool", "content": "42", "tool_call_id": "1"}]"#,
+        )
+        .unwrap();
+        assert_eq!(m[0].role, "system");
+        assert_eq!(m[1].content.as_deref(), Some("a\nb"));
+        assert_eq!(m[2].content, None);
+        assert_eq!(m[3].tool_call_id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn bad_messages_name_the_exact_field() {
+        let cases = [
+            (r#"[]"#, "messages"),
+            (r#"[{"role": "wizard", "content": "x"}]"#, "messages[0].role"),
+            (r#"[{"role": "user", "content": "x"}, {"role": "user"}]"#, "messages[1].content"),
+            (r#"[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]"#, "messages[0].content[0]"),
+            (r#"[{"role": "user", "content": 5}]"#, "messages[0].content"),
+        ];
+        for (json, param) in cases {
+            let e = messages(json).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{json}: {}", e.message);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Fan-out of one HTTP request into engine requests (each prompt × `n` choices, in OpenAI's
+//! choice order) and fan-in of their events, either merged as they come (streaming) or
+//! gathered into finished choices.
+//!
+//! Everything here owns its `ObservedStream`s: when the HTTP side drops the future or the
+//! response body, the streams drop with it and the engine aborts those requests.
+//! Must not know: JSON shapes of either endpoint.
+
+use std::sync::Arc;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use kvault_engine::events::{Completion, RequestEvent, TokenLogprob};
+use kvault_engine::handle::EngineHandle;
+use kvault_engine::request::NewRequest;
+use kvault_engine::sampler::SamplingParams;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::metrics::{Metrics, ObservedStream};
+use super::params::choice_seed;
+
+/// One prompt with its sampling parameters (max_tokens may differ per prompt).
+pub struct PromptJob {
+    pub prompt_ids: Vec<u32>,
+    pub params: SamplingParams,
+}
+
+/// Submits every choice; if any is refused, the ones already queued are dropped (aborted)
+/// and the refusal is returned. Choice `p * n + i` is prompt `p`'s `i`-th completion.
+pub fn submit_all(engine: &EngineHandle, metrics: &Arc<Metrics>, jobs: &[PromptJob], n: usize) -> Result<Vec<ObservedStream>, ApiError> {
+    let mut streams = Vec::with_capacity(jobs.len() * n);
+    for job in jobs {
+        for i in 0..n {
+            let mut params = job.params.clone();
+            params.seed = choice_seed(job.params.seed, i);
+            let request = NewRequest::new(job.prompt_ids.clone(), params);
+            let arrival = request.arrival;
+            let stream = engine.submit(request)?;
+            streams.push(ObservedStream::new(stream, metrics.clone(), arrival));
+        }
+    }
+    Ok(streams)
+}
+
+/// Every choice's events, tagged with the choice index, as they arrive. Each choice ends with
+/// exactly one `Finished` or `Failed` (an engine that stopped reads as `Failed`).
+pub fn merged(streams: Vec<ObservedStream>) -> BoxStream<'static, (usize, RequestEvent)> {
+    let per_choice = streams.into_iter().enumerate().map(|(index, s)| {
+        stream::unfold(Some(s), move |state| async move {
+            let mut s = state?;
+            let event = s.next().await.unwrap_or_else(|| RequestEvent::Failed("the engine stopped before the request finished".into()));
+            let last = matches!(event, RequestEvent::Finished(_) | RequestEvent::Failed(_));
+            Some(((index, event), if last { None } else { Some(s) }))
+        })
+        .boxed()
+    });
+    stream::select_all(per_choice).boxed()
+}
+
+/// A finished choice, gathered.
+#[derive(Debug, Clone)]
+pub struct ChoiceOutput {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub completion: Completion,
+}
+
+/// Waits for every choice. A failed choice fails the whole request (500).
+pub async fn gather(streams: Vec<ObservedStream>) -> Result<Vec<ChoiceOutput>, ApiError> {
+    let count = streams.len();
+    let mut partial: Vec<(String, Vec<TokenLogprob>)> = vec![Default::default(); count];
+    let mut done: Vec<Option<Completion>> = vec![None; count];
+    let mut events = merged(streams);
+    while let Some((i, event)) = events.next().await {
+        match event {
+            RequestEvent::Tokens(d) => {
+                partial[i].0.push_str(&d.text);
+                partial[i].1.extend(d.logprobs.unwrap_or_default());
+            }
+            RequestEvent::Finished(c) => {
+                partial[i].0.push_str(&c.trailing_text);
+                done[i] = Some(c);
+            }
+            RequestEvent::Failed(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
+        }
+    }
+    partial
+        .into_iter()
+        .zip(done)
+        .map(|((text, logprobs), c)| {
+            let completion = c.ok_or_else(|| ApiError::internal("a choice ended without a final event"))?;
+            Ok(ChoiceOutput { text, logprobs, completion })
+        })
+        .collect()
+}
+
+/// OpenAI usage across choices: each prompt counted once (from its first choice), completion
+/// tokens summed over all choices.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UsageTally {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+impl UsageTally {
+    pub fn add(&mut self, choice: usize, n: usize, c: &Completion) {
+        if choice % n == 0 {
+            self.prompt_tokens += c.usage.prompt_tokens;
+            self.cached_tokens += c.usage.cached_tokens;
+        }
+        self.completion_tokens += c.usage.completion_tokens;
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
+}
+
+/// The finish reason as OpenAI spells it, and vLLM's `stop_reason` (the stop string or token
+/// id that matched, null for EOS or length).
+pub fn finish_fields(c: &Completion) -> (&'static str, Value) {
+    let stop_reason = match &c.matched_stop {
+        Some(kvault_engine::events::MatchedStop::Text(s)) => Value::String(s.clone()),
+        Some(kvault_engine::events::MatchedStop::TokenId(id)) => json!(id),
+        None => Value::Null,
+    };
+    (c.reason.as_str(), stop_reason)
+}
+
+/// A unique-enough response id: time plus a process-wide counter.
+pub fn response_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    format!("{prefix}-{t:x}{n:x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvault_engine::events::{FinishReason, Usage};
+    use std::time::Instant;
+
+    fn completion(prompt: usize, completion_tokens: usize, cached: usize) -> Completion {
+        Completion {
+            reason: FinishReason::Length,
+            matched_stop: None,
+            usage: Usage { prompt_tokens: prompt, completion_tokens, cached_tokens: cached },
+            trailing_text: String::new(),
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn usage_counts_each_prompt_once_and_every_choice_completion() {
+        // Two prompts (10 and 4 tokens), n = 3 each.
+        let mut u = UsageTally::default();
+        for (i, c) in [(0, completion(10, 5, 0)), (1, completion(10, 5, 8)), (2, completion(10, 2, 8)),
+                       (3, completion(4, 1, 0)), (4, completion(4, 1, 0)), (5, completion(4, 1, 0))] {
+            u.add(i, 3, &c);
+        }
+        assert_eq!(u, UsageTally { prompt_tokens: 14, completion_tokens: 15, cached_tokens: 0 });
+        assert_eq!(u.json()["total_tokens"], 29);
+    }
+
+    #[test]
+    fn stop_reason_reports_the_matched_stop() {
+        let mut c = completion(1, 1, 0);
+        c.reason = FinishReason::Stop;
+        c.matched_stop = Some(kvault_engine::events::MatchedStop::Text("END".into()));
+        assert_eq!(finish_fields(&c), ("stop", json!("END")));
+    }
+
+    #[test]
+    fn response_ids_are_unique() {
+        assert_ne!(response_id("cmpl"), response_id("cmpl"));
+    }
+}

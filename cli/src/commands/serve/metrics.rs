@@ -1,0 +1,219 @@
+//! `/metrics`: Prometheus text exposition with vLLM's metric names under a `kvault:` prefix,
+//! plus per-request latency observation (TTFT, inter-token gaps, end-to-end, SLA goodput).
+//!
+//! Engine gauges and counters are copied from the engine's lock-free stats at scrape time;
+//! latency histograms are fed by [`ObservedStream`], which wraps every engine request the
+//! server submits. Owns: names, help texts, buckets. Must not know: HTTP or request shapes.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use kvault_engine::events::RequestEvent;
+use kvault_engine::handle::RequestStream;
+use kvault_engine::stats::StatsSnapshot;
+use kvault_scheduler::sla::{LatencyTracker, SlaConfig};
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+// Buckets reach down to 1 ms because small models on CPU decode in a few milliseconds.
+const TTFT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0];
+const ITL_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const E2E_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+
+pub struct Metrics {
+    registry: Registry,
+    epoch: Instant,
+    sla: SlaConfig,
+    running: IntGauge,
+    waiting: IntGauge,
+    kv_usage: Gauge,
+    /// Engine counters are monotonic; each scrape adds what grew since the previous one.
+    engine_counters: Mutex<StatsSnapshot>,
+    prefix_queries: IntCounter,
+    prefix_hits: IntCounter,
+    preemptions: IntCounter,
+    prompt_tokens: IntCounter,
+    generation_tokens: IntCounter,
+    ttft: Histogram,
+    itl: Histogram,
+    e2e: Histogram,
+    success: IntCounterVec,
+    good: IntCounter,
+    sla_checked: IntCounter,
+}
+
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    // Names are fixed and distinct, so registration cannot fail; a failure would only drop the
+    // metric from the output, never take the server down.
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!("metrics: {e}");
+    }
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+    Ok(registered(registry, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?))
+}
+
+impl Metrics {
+    pub fn new(sla: SlaConfig) -> prometheus::Result<Self> {
+        let r = Registry::new();
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).map(|g| registered(&r, g));
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).map(|c| registered(&r, c));
+        Ok(Self {
+            running: gauge("kvault:num_requests_running", "Requests in the running batch.")?,
+            waiting: gauge("kvault:num_requests_waiting", "Requests waiting to be admitted.")?,
+            kv_usage: registered(&r, Gauge::new("kvault:kv_cache_usage_perc", "Fraction of KV-cache blocks in use (0-1).")?),
+            engine_counters: Mutex::new(StatsSnapshot::default()),
+            prefix_queries: counter("kvault:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.")?,
+            prefix_hits: counter("kvault:prefix_cache_hits_total", "Prompt tokens served from the prefix cache.")?,
+            preemptions: counter("kvault:num_preemptions_total", "Requests preempted (recomputed later).")?,
+            prompt_tokens: counter("kvault:prompt_tokens_total", "Prompt tokens admitted.")?,
+            generation_tokens: counter("kvault:generation_tokens_total", "Tokens generated.")?,
+            ttft: histogram(&r, "kvault:time_to_first_token_seconds", "Arrival to first token.", TTFT_BUCKETS)?,
+            itl: histogram(&r, "kvault:inter_token_latency_seconds", "Gap between consecutive tokens.", ITL_BUCKETS)?,
+            e2e: histogram(&r, "kvault:e2e_request_latency_seconds", "Arrival to the final token.", E2E_BUCKETS)?,
+            success: registered(
+                &r,
+                IntCounterVec::new(Opts::new("kvault:request_success_total", "Finished requests by finish reason."), &["finished_reason"])?,
+            ),
+            good: counter(
+                "kvault:good_requests_total",
+                "Finished requests within the SLA (TTFT and maximum inter-token gap); its rate is goodput.",
+            )?,
+            sla_checked: counter("kvault:sla_checked_requests_total", "Finished requests checked against the SLA.")?,
+            registry: r,
+            epoch: Instant::now(),
+            sla,
+        })
+    }
+
+    /// Prometheus text format, engine figures as of now.
+    pub fn render(&self, engine: Option<&StatsSnapshot>) -> String {
+        if let Some(s) = engine {
+            self.sync_engine(s);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("metrics: cannot encode: {e}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn sync_engine(&self, s: &StatsSnapshot) {
+        self.running.set(s.running as i64);
+        self.waiting.set(s.waiting as i64);
+        self.kv_usage.set(s.kv_usage);
+        // A poisoned lock only means a scrape panicked mid-copy; the snapshot is still usable.
+        let mut last = self.engine_counters.lock().unwrap_or_else(|e| e.into_inner());
+        let grow = |c: &IntCounter, now: u64, before: u64| c.inc_by(now.saturating_sub(before));
+        grow(&self.prefix_queries, s.prefix_cache_queries, last.prefix_cache_queries);
+        grow(&self.prefix_hits, s.prefix_cache_hits, last.prefix_cache_hits);
+        grow(&self.preemptions, s.preemptions, last.preemptions);
+        grow(&self.prompt_tokens, s.prompt_tokens, last.prompt_tokens);
+        grow(&self.generation_tokens, s.generation_tokens, last.generation_tokens);
+        *last = s.clone();
+    }
+
+    fn seconds(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+}
+
+/// An engine request whose events feed the latency metrics as they pass through. Dropping it
+/// drops the `RequestStream`, which aborts the request.
+pub struct ObservedStream {
+    stream: RequestStream,
+    metrics: std::sync::Arc<Metrics>,
+    arrival: Instant,
+    tracker: LatencyTracker,
+    last_token: Option<Instant>,
+}
+
+impl ObservedStream {
+    pub fn new(stream: RequestStream, metrics: std::sync::Arc<Metrics>, arrival: Instant) -> Self {
+        let tracker = LatencyTracker::new(metrics.seconds(arrival));
+        Self { stream, metrics, arrival, tracker, last_token: None }
+    }
+
+    pub async fn next(&mut self) -> Option<RequestEvent> {
+        let event = self.stream.next().await;
+        match &event {
+            Some(RequestEvent::Tokens(d)) => self.on_tokens(d.at, d.token_ids.len()),
+            Some(RequestEvent::Finished(done)) => self.on_finished(done.at, done.reason.as_str()),
+            _ => {}
+        }
+        event
+    }
+
+    fn on_tokens(&mut self, at: Instant, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let m = &self.metrics;
+        match self.last_token {
+            None => m.ttft.observe(at.saturating_duration_since(self.arrival).as_secs_f64()),
+            // Tokens delivered together share the gap, as vLLM does for multi-token steps.
+            Some(prev) => {
+                let gap = at.saturating_duration_since(prev).as_secs_f64() / n as f64;
+                for _ in 0..n {
+                    m.itl.observe(gap);
+                }
+            }
+        }
+        for _ in 0..n {
+            self.tracker.on_token(m.seconds(at));
+        }
+        self.last_token = Some(at);
+    }
+
+    fn on_finished(&mut self, at: Instant, reason: &str) {
+        let m = &self.metrics;
+        m.e2e.observe(at.saturating_duration_since(self.arrival).as_secs_f64());
+        m.success.with_label_values(&[reason]).inc();
+        m.sla_checked.inc();
+        if let Some(ttft) = self.tracker.ttft_s() {
+            if m.sla.is_good(ttft, self.tracker.max_itl_s()) {
+                m.good.inc();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str, name: &str) -> f64 {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("{name} missing in:\n{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
+    }
+
+    #[test]
+    fn engine_counters_are_exported_cumulatively_across_scrapes() {
+        let m = Metrics::new(SlaConfig::default()).unwrap();
+        let mut s = StatsSnapshot { running: 3, waiting: 2, kv_usage: 0.25, prompt_tokens: 100, prefix_cache_queries: 64, prefix_cache_hits: 32, ..Default::default() };
+        m.render(Some(&s));
+        s.prompt_tokens = 150;
+        s.running = 1;
+        let text = m.render(Some(&s));
+        assert_eq!(value(&text, "kvault:prompt_tokens_total"), 150.0);
+        assert_eq!(value(&text, "kvault:prefix_cache_hits_total"), 32.0);
+        assert_eq!(value(&text, "kvault:num_requests_running"), 1.0);
+        assert_eq!(value(&text, "kvault:num_requests_waiting"), 2.0);
+        assert_eq!(value(&text, "kvault:kv_cache_usage_perc"), 0.25);
+    }
+
+    #[test]
+    fn every_documented_metric_name_is_present() {
+        let text = Metrics::new(SlaConfig::default()).unwrap().render(None);
+        for name in [
+            "kvault:num_requests_running", "kvault:num_requests_waiting", "kvault:kv_cache_usage_perc",
+            "kvault:prefix_cache_queries_total", "kvault:prefix_cache_hits_total", "kvault:num_preemptions_total",
+            "kvault:prompt_tokens_total", "kvault:generation_tokens_total", "kvault:time_to_first_token_seconds_bucket",
+            "kvault:inter_token_latency_seconds_count", "kvault:e2e_request_latency_seconds_sum",
+            "kvault:good_requests_total", "kvault:sla_checked_requests_total",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The request fields `/v1/completions` and `/v1/chat/completions` share (sampling, stop,
+//! `n`, streaming), and their translation into engine `SamplingParams`.
+//!
+//! The body is parsed a second time into [`CommonFields`] (unknown fields ignored), so the
+//! endpoint structs hold only what is theirs and serde errors still name the exact field.
+//! Must not know: prompts, messages or response shapes.
+
+use std::collections::HashMap;
+
+use kvault_engine::sampler::SamplingParams;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// More choices than this per prompt is almost surely a client bug, and each one costs a
+/// sequence slot.
+pub const MAX_N: usize = 128;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct CommonFields {
+    pub model: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// vLLM's spelling: -1 (or 0) means off.
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub n: Option<usize>,
+    /// A string or a list of strings.
+    pub stop: Option<Value>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    /// OpenAI types it as a signed 64-bit integer; only equality matters, so the bits are kept.
+    pub seed: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    /// Token id (as a string, per OpenAI's JSON) → bias in [-100, 100].
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub ignore_eos: Option<bool>,
+    pub min_tokens: Option<usize>,
+    /// Accepted for compatibility; kvault keeps no per-user state.
+    #[allow(dead_code)]
+    pub user: Option<String>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+impl CommonFields {
+    pub fn stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn include_usage(&self) -> Result<bool, ApiError> {
+        let asked = self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        if self.stream_options.is_some() && !self.stream() {
+            return Err(ApiError::invalid("stream_options", "stream_options is only allowed when stream is true"));
+        }
+        Ok(asked)
+    }
+
+    pub fn n(&self) -> Result<usize, ApiError> {
+        match self.n.unwrap_or(1) {
+            0 => Err(ApiError::invalid("n", "n must be at least 1, got 0")),
+            n if n > MAX_N => Err(ApiError::invalid("n", format!("n must be at most {MAX_N}, got {n}"))),
+            n => Ok(n),
+        }
+    }
+
+    /// `max_completion_tokens` (the newer name) wins over `max_tokens` when both are given.
+    pub fn requested_max_tokens(&self) -> Option<usize> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Sampling parameters for one choice, with `max_tokens` already resolved by the endpoint
+    /// (its default differs: 16 for completions, the rest of the context for chat). `n` is
+    /// handled by fanning out, so each engine request asks for one completion.
+    pub fn params(&self, max_tokens: usize) -> Result<SamplingParams, ApiError> {
+        let d = SamplingParams::default();
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => return Err(ApiError::invalid("top_k", format!("top_k must be -1 (off) or at least 1, got {k}"))),
+        };
+        if max_tokens == 0 {
+            let name = if self.max_completion_tokens.is_some() { "max_completion_tokens" } else { "max_tokens" };
+            return Err(ApiError::invalid(name, format!("{name} must be at least 1, got 0")));
+        }
+        Ok(SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k,
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            logit_bias: parse_logit_bias(self.logit_bias.as_ref())?,
+            seed: self.seed.map(|s| s as u64),
+            max_tokens,
+            stop: parse_stop(self.stop.as_ref())?,
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            logprobs: None,
+            n: 1,
+            min_tokens: self.min_tokens.unwrap_or(0),
+        })
+    }
+}
+
+fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::invalid("stop", "stop must be a string or a list of strings");
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(items)) => items.iter().map(|i| i.as_str().map(str::to_string).ok_or_else(bad)).collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+fn parse_logit_bias(v: Option<&HashMap<String, f32>>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(map) = v else { return Ok(Vec::new()) };
+    let mut out: Vec<(u32, f32)> = map
+        .iter()
+        .map(|(k, &b)| {
+            k.trim()
+                .parse::<u32>()
+                .map(|id| (id, b))
+                .map_err(|_| ApiError::invalid("logit_bias", format!("logit_bias keys must be token ids, got {k:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    // HashMap order is random; a stable order keeps requests reproducible.
+    out.sort_by_key(|&(id, _)| id);
+    Ok(out)
+}
+
+/// Seed for choice `i` of a prompt: distinct per choice, reproducible per request.
+pub fn choice_seed(seed: Option<u64>, i: usize) -> Option<u64> {
+    seed.map(|s| s.wrapping_add(i as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::serve::error::parse_json;
+
+    fn fields(json: &str) -> CommonFields {
+        parse_json(json.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn openai_fields_map_onto_sampling_params() {
+        let f = fields(
+            r#"{"temperature": 0.5, "top_p": 0.9, "top_k": -1, "min_p": 0.1, "seed": 7, "stop": "END",
+                "presence_penalty": 0.5, "logit_bias": {"12": 5, "3": -100}, "ignore_eos": true, "unknown": 1}"#,
+        );
+        let p = f.params(16).unwrap();
+        assert_eq!((p.temperature, p.top_p, p.top_k, p.min_p), (0.5, 0.9, 0, 0.1));
+        assert_eq!((p.seed, p.stop.clone(), p.presence_penalty, p.ignore_eos), (Some(7), vec!["END".to_string()], 0.5, true));
+        assert_eq!(p.logit_bias, vec![(3, -100.0), (12, 5.0)]);
+        assert_eq!((p.n, p.max_tokens), (1, 16));
+    }
+
+    #[test]
+    fn bad_shapes_name_their_parameter() {
+        let cases = [
+            (r#"{"stop": 3}"#, "stop"),
+            (r#"{"stop": ["a", 1]}"#, "stop"),
+            (r#"{"logit_bias": {"abc": 1}}"#, "logit_bias"),
+            (r#"{"top_k": -5}"#, "top_k"),
+        ];
+        for (json, param) in cases {
+            let e = fields(json).params(16).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{json}");
+        }
+        assert_eq!(fields(r#"{"n": 0}"#).n().unwrap_err().param.as_deref(), Some("n"));
+        let e = fields(r#"{"max_completion_tokens": 0}"#).params(0).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
+        let e = fields(r#"{"stream_options": {"include_usage": true}}"#).include_usage().unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream_options"));
+    }
+
+    #[test]
+    fn choice_seeds_differ_per_choice_and_repeat_per_request() {
+        assert_eq!(choice_seed(Some(5), 0), Some(5));
+        assert_eq!(choice_seed(Some(5), 2), Some(7));
+        assert_eq!(choice_seed(None, 2), None);
+        assert_eq!(fields(r#"{"seed": -1}"#).params(1).unwrap().seed, Some(u64::MAX));
+    }
+}

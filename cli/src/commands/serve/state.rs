@@ -1,0 +1,53 @@
+//! What every handler shares: the engine handle (absent while the model loads), the served
+//! model name, the API key and the metrics.
+//!
+//! Must not know: HTTP routes or request shapes.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kvault_engine::handle::EngineHandle;
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+
+pub struct AppState {
+    pub served_model_name: String,
+    pub api_key: Option<String>,
+    pub metrics: Arc<Metrics>,
+    /// Set once, when the model has loaded; until then model endpoints answer 503.
+    engine: OnceLock<Arc<EngineHandle>>,
+    /// Unix time the server started (`created` of /v1/models).
+    pub started_unix: u64,
+}
+
+impl AppState {
+    pub fn new(served_model_name: String, api_key: Option<String>, metrics: Arc<Metrics>) -> Self {
+        Self { served_model_name, api_key, metrics, engine: OnceLock::new(), started_unix: unix_now() }
+    }
+
+    pub fn engine(&self) -> Result<&Arc<EngineHandle>, ApiError> {
+        self.engine.get().ok_or_else(ApiError::loading)
+    }
+
+    pub fn set_engine(&self, engine: Arc<EngineHandle>) {
+        // A second load never happens; ignoring the error keeps the first engine.
+        let _ = self.engine.set(engine);
+    }
+
+    pub fn engine_if_loaded(&self) -> Option<&Arc<EngineHandle>> {
+        self.engine.get()
+    }
+
+    /// The `model` field of a request must name this server's model (when given at all).
+    pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
+        match requested {
+            Some(m) if m != self.served_model_name => Err(ApiError::model_not_found(m, &self.served_model_name)),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
