@@ -69,7 +69,10 @@ def start_kvault(args, port: int) -> subprocess.Popen:
 def start_llama_cpp(args, python: Path, port: int) -> subprocess.Popen:
     cmd = [str(python), "-m", "llama_cpp.server", "--model", args.gguf, "--port", str(port),
            "--model_alias", "model", "--n_ctx", "2048", "--n_threads", str(args.threads),
-           "--n_threads_batch", str(args.threads)]
+           "--n_threads_batch", str(args.threads),
+           # By default a new request interrupts the one being generated; a serving comparison
+           # needs every request to run to completion (the server then serves them one by one).
+           "--interrupt_requests", "False"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -95,7 +98,7 @@ def workloads(args):
     """(label, load value for the plot's x axis, bench serve flags)."""
     out = []
     for c in args.concurrency:
-        n = max(args.min_prompts, 2 * c)
+        n = max(args.min_prompts, args.prompts_per_client * c)
         out.append((f"concurrency {c}", c, ["--max-concurrency", str(c), "--num-prompts", str(n)]))
     for rate in args.rates:
         out.append((f"poisson {rate} req/s", rate,
@@ -108,7 +111,12 @@ def run_bench(args, base_url: str, flags, result_file: Path) -> dict:
            "--model", "model", "--tokenizer", args.gguf, "--input-len", str(args.input_len),
            "--output-len", str(args.output_len), "--seed", "0", "--result-file", str(result_file), *flags]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
-    return json.loads(result_file.read_text())
+    result = json.loads(result_file.read_text())
+    short = [r for r in result.get("requests", []) if r.get("success") and r.get("output_tokens", 0) < args.output_len]
+    if short:
+        raise SystemExit(f"{result_file}: {len(short)} requests returned fewer than {args.output_len} tokens "
+                         "(the server ignored ignore_eos or cut requests short): not comparable")
+    return result
 
 
 def metric(result: dict, key: str) -> float:
@@ -174,6 +182,7 @@ def main():
     ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 32, 64])
     ap.add_argument("--rates", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0])
     ap.add_argument("--min-prompts", type=int, default=8)
+    ap.add_argument("--prompts-per-client", type=int, default=2)
     ap.add_argument("--poisson-prompts", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--kv-cache-memory", default="1GiB")
@@ -205,6 +214,16 @@ def main():
                 rows.append((label, server, result, x))
         finally:
             stop(proc)
+    # Servers not run this time keep their results from an earlier run into the same directory.
+    for server in ["kvault", "llama.cpp", "llama-server"]:
+        if server in args.servers:
+            continue
+        for label, x, _ in workloads(args):
+            slug = label.replace(" ", "_").replace("/", "")
+            earlier = out / f"{server}-{slug}.json"
+            if earlier.exists():
+                rows.append((label, server, json.loads(earlier.read_text()), x))
+    rows.sort(key=lambda r: (["kvault", "llama.cpp", "llama-server"].index(r[1]), r[0].split()[0], r[3]))
     table = write_table([(label, server, r) for label, server, r, _ in rows], out / "peer_serve.md")
     plot(rows, out / "peer_serve.png",
          f"{Path(args.gguf).name}: {args.input_len} prompt / {args.output_len} output tokens, {args.threads} threads")

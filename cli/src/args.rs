@@ -72,12 +72,12 @@ pub fn parse_device(text: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    kvault_kernels::cuda::open_device(ordinal)
+    Ok(kvault_kernels::cuda::open_device(ordinal)?)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_device(ordinal: usize) -> Result<Device> {
-    bail!("--device cuda:{ordinal}: this kvault was built without CUDA support (rebuild with `--features cuda`)")
+    bail!("--device cuda:{ordinal}: this kvault was built without CUDA support (build one with scripts/build-cuda.sh)")
 }
 
 #[derive(Args, Debug, Clone)]

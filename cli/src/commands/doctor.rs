@@ -29,17 +29,36 @@ fn rayon_threads() -> usize {
 #[cfg(feature = "cuda")]
 fn cuda() -> Result<()> {
     let r = kvault_kernels::cuda::cuda_report();
-    println!("cuda: built in");
-    println!("  driver library: {}", if r.driver_library { "found" } else { "not found (libcuda.so)" });
-    if let Some((major, minor)) = r.driver_version {
-        println!("  driver version: {major}.{minor}");
+    println!("cuda: built in (bindings for CUDA {}.{}; libraries are loaded at run time)", r.bindings_version.0, r.bindings_version.1);
+    let have_ptx = !r.compiled_archs.is_empty();
+    for l in &r.libraries {
+        let status = match (&l.found, l.missing_and_needed(have_ptx)) {
+            (Some(file), _) => format!("found ({file})"),
+            (None, true) => "NOT FOUND".to_string(),
+            (None, false) => "not found (not needed: PTX is built in)".to_string(),
+        };
+        println!("  lib{:<9} {status}  [{}]", l.library.name, l.library.needed_for);
     }
-    println!(
-        "  kernels: {}",
-        if r.compiled_archs.is_empty() { "compiled by NVRTC at first use".to_string() } else { format!("PTX for {}", r.compiled_archs.join(", ")) }
-    );
+    match r.driver_version {
+        Some((major, minor)) => println!("  driver: CUDA {major}.{minor}"),
+        None => println!("  driver: none"),
+    }
+    match (r.compiled_archs.is_empty(), r.ptx_compiler) {
+        (false, Some(nvcc)) => println!("  kernels: PTX for {} (built by {nvcc})", r.compiled_archs.join(", ")),
+        (false, None) => println!("  kernels: PTX for {}", r.compiled_archs.join(", ")),
+        (true, _) => println!("  kernels: no PTX built in; NVRTC compiles them at first use"),
+    }
     for d in &r.devices {
-        println!("  device {d:?}");
+        println!(
+            "  device cuda:{}: {}, compute capability {}.{}, {} SMs, {:.1} GiB{}",
+            d.ordinal,
+            d.name,
+            d.compute_capability.0,
+            d.compute_capability.1,
+            d.sm_count,
+            d.total_mem_bytes as f64 / (1u64 << 30) as f64,
+            if d.compute_capability < (8, 0) { " (too old: kvault's kernels need 8.0+)" } else { "" }
+        );
     }
     if let Some(p) = &r.problem {
         println!("  no usable device: {p}");
@@ -49,6 +68,6 @@ fn cuda() -> Result<()> {
 
 #[cfg(not(feature = "cuda"))]
 fn cuda() -> Result<()> {
-    println!("cuda: not built in (rebuild with `cargo build --release --features cuda`); --device cuda:N is unavailable");
+    println!("cuda: not built in (build with scripts/build-cuda.sh); --device cuda:N is unavailable");
     Ok(())
 }

@@ -7,9 +7,10 @@
 //! with the host-emulation tests, which run the same kernels on the CPU).
 
 pub mod device;
+pub mod libs;
 pub mod nvcc;
 pub mod ops;
 pub mod plan;
 pub mod ptx;
 
-pub use device::{cuda_report, open_device, CudaDeviceInfo, CudaReport};
+pub use device::{cuda_report, open_device, CudaDeviceInfo, CudaReport, LibraryStatus};
