@@ -16,11 +16,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::{parse_json, ApiError};
-use super::generation::{self, finish_fields, PromptJob, UsageTally};
+use super::generation::{self, finish_fields, PromptJob, ResponseMeta, UsageTally};
 use super::logprobs::chat_logprobs;
 use super::params::CommonFields;
 use super::sse::{self, ChunkFormatter, SseOptions};
-use super::state::{unix_now, AppState};
+use super::state::AppState;
 
 #[derive(Debug, Deserialize)]
 pub struct MessageIn {
@@ -139,7 +139,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     params.logprobs = logprobs;
     let streams = generation::submit_all(&engine, &state.metrics, &[PromptJob { prompt_ids, params }], n)?;
 
-    let meta = Meta { id: generation::response_id("chatcmpl"), created: unix_now(), model: state.served_model_name.clone() };
+    let meta = ResponseMeta::new("chatcmpl", state.served_model_name.clone());
     if common.stream() {
         let formatter = StreamFormat { meta, info, choices: n, logprobs: logprobs.is_some() };
         return Ok(sse::response(generation::merged(streams), formatter, SseOptions { include_usage, n }));
@@ -167,25 +167,8 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     Ok(axum::Json(Value::Object(body)).into_response())
 }
 
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Meta {
-    fn envelope(&self, object: &str) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("id".into(), json!(self.id));
-        m.insert("object".into(), json!(object));
-        m.insert("created".into(), json!(self.created));
-        m.insert("model".into(), json!(self.model));
-        m
-    }
-}
-
 struct StreamFormat {
-    meta: Meta,
+    meta: ResponseMeta,
     info: Arc<EngineInfo>,
     choices: usize,
     logprobs: bool,

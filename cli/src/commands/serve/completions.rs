@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::error::{parse_json, ApiError};
-use super::generation::{self, finish_fields, PromptJob, UsageTally};
+use super::generation::{self, finish_fields, PromptJob, ResponseMeta, UsageTally};
 use super::logprobs::completion_logprobs;
 use super::params::CommonFields;
 use super::sse::{self, ChunkFormatter, SseOptions};
-use super::state::{unix_now, AppState};
+use super::state::AppState;
 
 /// OpenAI's completions default.
 const DEFAULT_MAX_TOKENS: usize = 16;
@@ -58,7 +58,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let jobs: Vec<PromptJob> = prompts.iter().map(|p| PromptJob { prompt_ids: p.ids.clone(), params: params.clone() }).collect();
     let streams = generation::submit_all(&engine, &state.metrics, &jobs, n)?;
 
-    let meta = Meta { id: generation::response_id("cmpl"), created: unix_now(), model: state.served_model_name.clone() };
+    let meta = ResponseMeta::new("cmpl", state.served_model_name.clone());
     let echoes: Vec<String> = prompts.into_iter().map(|p| if echo { p.text } else { String::new() }).collect();
     if common.stream() {
         let formatter = StreamFormat { meta, info, n, echoes, offsets: vec![0; streams.len()], logprobs: req.logprobs.is_some() };
@@ -83,7 +83,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
             })
         })
         .collect();
-    let mut body = meta.envelope();
+    let mut body = meta.envelope("text_completion");
     body.insert("choices".into(), Value::Array(choices));
     body.insert("usage".into(), usage.json());
     Ok(axum::Json(Value::Object(body)).into_response())
@@ -114,25 +114,8 @@ fn parse_prompts(info: &EngineInfo, prompt: Option<&Value>) -> Result<Vec<Prompt
     }
 }
 
-struct Meta {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Meta {
-    fn envelope(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("id".into(), json!(self.id));
-        m.insert("object".into(), json!("text_completion"));
-        m.insert("created".into(), json!(self.created));
-        m.insert("model".into(), json!(self.model));
-        m
-    }
-}
-
 struct StreamFormat {
-    meta: Meta,
+    meta: ResponseMeta,
     info: Arc<EngineInfo>,
     n: usize,
     /// Per prompt: the text echoed before its choices' output (empty without `echo`).
@@ -145,7 +128,7 @@ struct StreamFormat {
 impl StreamFormat {
     fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&Completion>) -> Value {
         let (reason, stop_reason) = finish.map(finish_fields).map_or((Value::Null, Value::Null), |(r, s)| (json!(r), s));
-        let mut m = self.meta.envelope();
+        let mut m = self.meta.envelope("text_completion");
         let choice = json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop_reason});
         m.insert("choices".into(), json!([choice]));
         Value::Object(m)
@@ -184,6 +167,6 @@ impl ChunkFormatter for StreamFormat {
     }
 
     fn envelope(&self) -> Map<String, Value> {
-        self.meta.envelope()
+        self.meta.envelope("text_completion")
     }
 }

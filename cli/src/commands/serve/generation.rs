@@ -13,7 +13,7 @@ use kvault_engine::events::{Completion, RequestEvent, TokenLogprob};
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::request::NewRequest;
 use kvault_engine::sampler::SamplingParams;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::metrics::{Metrics, ObservedStream};
@@ -131,6 +131,29 @@ pub fn finish_fields(c: &Completion) -> (&'static str, Value) {
         None => Value::Null,
     };
     (c.reason.as_str(), stop_reason)
+}
+
+/// What every response object and chunk of one request starts with: id, object, created, model.
+pub struct ResponseMeta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl ResponseMeta {
+    /// `prefix`: OpenAI's id prefix for the endpoint (`cmpl`, `chatcmpl`).
+    pub fn new(prefix: &str, model: String) -> Self {
+        Self { id: response_id(prefix), created: super::state::unix_now(), model }
+    }
+
+    pub fn envelope(&self, object: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id));
+        m.insert("object".into(), json!(object));
+        m.insert("created".into(), json!(self.created));
+        m.insert("model".into(), json!(self.model));
+        m
+    }
 }
 
 /// A unique-enough response id: time plus a process-wide counter.
