@@ -176,11 +176,7 @@ struct StreamFormat {
 
 impl StreamFormat {
     fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&Completion>) -> Value {
-        let (reason, stop_reason) = finish.map(finish_fields).map_or((Value::Null, Value::Null), |(r, s)| (json!(r), s));
-        let mut m = self.meta.envelope("chat.completion.chunk");
-        let choice = json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop_reason});
-        m.insert("choices".into(), json!([choice]));
-        Value::Object(m)
+        self.meta.chunk("chat.completion.chunk", json!({"index": index, "delta": delta, "logprobs": logprobs}), finish)
     }
 }
 

@@ -127,11 +127,7 @@ struct StreamFormat {
 
 impl StreamFormat {
     fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&Completion>) -> Value {
-        let (reason, stop_reason) = finish.map(finish_fields).map_or((Value::Null, Value::Null), |(r, s)| (json!(r), s));
-        let mut m = self.meta.envelope("text_completion");
-        let choice = json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason, "stop_reason": stop_reason});
-        m.insert("choices".into(), json!([choice]));
-        Value::Object(m)
+        self.meta.chunk("text_completion", json!({"index": index, "text": text, "logprobs": logprobs}), finish)
     }
 }
 

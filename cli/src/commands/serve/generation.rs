@@ -154,6 +154,19 @@ impl ResponseMeta {
         m.insert("model".into(), json!(self.model));
         m
     }
+
+    /// A streaming chunk carrying one choice; `finish` (the choice's last chunk) sets its
+    /// `finish_reason` and `stop_reason`, null otherwise.
+    pub fn chunk(&self, object: &str, mut choice: Value, finish: Option<&Completion>) -> Value {
+        let (reason, stop_reason) = finish.map(finish_fields).map_or((Value::Null, Value::Null), |(r, s)| (json!(r), s));
+        if let Value::Object(c) = &mut choice {
+            c.insert("finish_reason".into(), reason);
+            c.insert("stop_reason".into(), stop_reason);
+        }
+        let mut m = self.envelope(object);
+        m.insert("choices".into(), json!([choice]));
+        Value::Object(m)
+    }
 }
 
 /// A unique-enough response id: time plus a process-wide counter.
