@@ -246,3 +246,11 @@ fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     f(&mut c);
     std::fs::write(path, serde_json::to_string(&c).unwrap()).unwrap();
 }
+
+#[test]
+fn a_cuda_device_without_cuda_support_is_a_clear_error() {
+    let o = kvault(&["generate", "--device", "cuda:0", "--max-tokens", "4"]);
+    assert_clean_error(&o, &["--device cuda:0", "scripts/build-cuda.sh"]);
+    let o = kvault(&["generate", "--device", "tpu", "--max-tokens", "4"]);
+    assert_clean_error(&o, &["--device tpu", "cuda:N"]);
+}
