@@ -6,6 +6,8 @@
 
 use std::time::Instant;
 
+use crate::kv_policy::KvPolicy;
+
 /// Why a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
@@ -65,7 +67,21 @@ pub struct Completion {
     pub usage: Usage,
     /// Text still held back at the end (released when generation ended without a stop match).
     pub trailing_text: String,
+    /// What the request's KV policy did.
+    pub kv: KvReport,
     pub at: Instant,
+}
+
+/// A request's KV footprint over its life, in tokens per KV head per layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvReport {
+    pub policy: KvPolicy,
+    /// Most tokens the request held at once (a budgeted request: at most budget + one chunk).
+    pub peak_tokens_held: usize,
+    /// Tokens evicted (each counted once, though every layer and head evicts one).
+    pub tokens_evicted: usize,
+    /// Most KV blocks the request's block table held at once.
+    pub peak_blocks_held: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

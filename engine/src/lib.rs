@@ -11,6 +11,7 @@ pub mod block_pool;
 pub mod engine;
 pub mod events;
 pub mod handle;
+pub mod kv_policy;
 pub mod model_runner;
 pub mod request;
 pub mod sampler;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use crate::engine::EngineInfo;
 use crate::handle::EventSink;
+use crate::kv_policy::KvPolicy;
 use crate::sampler::SamplingParams;
 
 pub struct NewRequest {
@@ -15,13 +16,15 @@ pub struct NewRequest {
     pub id: u64,
     pub prompt_ids: Vec<u32>,
     pub params: SamplingParams,
+    /// How this request's KV cache is kept (validated; `Full` unless the caller chose).
+    pub kv: KvPolicy,
     pub arrival: Instant,
     pub(crate) events: Option<EventSink>,
 }
 
 impl NewRequest {
     pub fn new(prompt_ids: Vec<u32>, params: SamplingParams) -> Self {
-        Self { id: 0, prompt_ids, params, arrival: Instant::now(), events: None }
+        Self { id: 0, prompt_ids, params, kv: KvPolicy::Full, arrival: Instant::now(), events: None }
     }
 
     pub(crate) fn validate(&self, info: &EngineInfo) -> Result<(), SubmitError> {

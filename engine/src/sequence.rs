@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use kvault_models::tokenizer::{IncrementalDecoder, Tokenizer};
 
-use crate::events::{Completion, FinishReason, MatchedStop, RequestEvent, TokenDelta, TokenLogprob, Usage};
+use crate::events::{Completion, FinishReason, KvReport, MatchedStop, RequestEvent, TokenDelta, TokenLogprob, Usage};
 use crate::handle::EventSink;
+use crate::kv_policy::KvPolicy;
 use crate::request::NewRequest;
 use crate::sampler::{SamplerState, SamplingParams};
 use crate::stop::StopStringMatcher;
@@ -36,6 +37,9 @@ pub(crate) struct Sequence {
     pub sampler: SamplerState,
     /// Prompt tokens served by the prefix cache at first admission (reported as usage).
     pub cached_tokens: Option<usize>,
+    pub kv: KvPolicy,
+    /// What the KV policy did so far (reported with the final event).
+    pub kv_report: KvReport,
     decoder: IncrementalDecoder,
     stop: StopStringMatcher,
     events: Option<EventSink>,
@@ -73,6 +77,8 @@ impl Sequence {
             params: req.params,
             sampler,
             cached_tokens: None,
+            kv: req.kv,
+            kv_report: KvReport { policy: req.kv, ..KvReport::default() },
             decoder,
             events: req.events,
             eos_token_ids,
@@ -149,7 +155,8 @@ impl Sequence {
             completion_tokens: self.num_output(),
             cached_tokens: self.cached_tokens.unwrap_or(0),
         };
-        self.send(RequestEvent::Finished(Completion { reason, matched_stop, usage, trailing_text, at: Instant::now() }));
+        let kv = self.kv_report;
+        self.send(RequestEvent::Finished(Completion { reason, matched_stop, usage, trailing_text, kv, at: Instant::now() }));
     }
 
     pub fn fail(&mut self, message: String) {

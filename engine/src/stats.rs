@@ -5,6 +5,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::kv_policy::KvPolicyKind;
+
+const POLICIES: usize = KvPolicyKind::ALL.len();
+
 #[derive(Debug, Default)]
 pub struct EngineStats {
     running: AtomicU64,
@@ -20,6 +24,20 @@ pub struct EngineStats {
     generation_tokens: AtomicU64,
     finished_requests: AtomicU64,
     steps: AtomicU64,
+    /// Per KV policy (indexed like `KvPolicyKind::ALL`): requests admitted to the engine.
+    kv_policy_requests: [AtomicU64; POLICIES],
+    /// Per KV policy: tokens evicted (one per token, not per layer and head).
+    kv_evicted_tokens: [AtomicU64; POLICIES],
+    /// KV tokens held by running requests, per KV head per layer, summed over requests.
+    kv_tokens_held: AtomicU64,
+}
+
+/// One KV policy's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvPolicyCounters {
+    pub policy: KvPolicyKind,
+    pub requests: u64,
+    pub evicted_tokens: u64,
 }
 
 /// A consistent-enough copy of the counters (each field read once).
@@ -38,6 +56,9 @@ pub struct StatsSnapshot {
     pub generation_tokens: u64,
     pub finished_requests: u64,
     pub steps: u64,
+    /// Every policy, in `KvPolicyKind::ALL` order (zeros included, so exporters see each label).
+    pub kv_policies: Vec<KvPolicyCounters>,
+    pub kv_tokens_held: u64,
 }
 
 impl EngineStats {
@@ -55,7 +76,29 @@ impl EngineStats {
             generation_tokens: self.generation_tokens.load(Relaxed),
             finished_requests: self.finished_requests.load(Relaxed),
             steps: self.steps.load(Relaxed),
+            kv_policies: KvPolicyKind::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, &policy)| KvPolicyCounters {
+                    policy,
+                    requests: self.kv_policy_requests[i].load(Relaxed),
+                    evicted_tokens: self.kv_evicted_tokens[i].load(Relaxed),
+                })
+                .collect(),
+            kv_tokens_held: self.kv_tokens_held.load(Relaxed),
         }
+    }
+
+    pub(crate) fn add_kv_request(&self, policy: KvPolicyKind) {
+        self.kv_policy_requests[policy_index(policy)].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add_kv_evicted(&self, policy: KvPolicyKind, tokens: usize) {
+        self.kv_evicted_tokens[policy_index(policy)].fetch_add(tokens as u64, Relaxed);
+    }
+
+    pub(crate) fn set_kv_tokens_held(&self, tokens: usize) {
+        self.kv_tokens_held.store(tokens as u64, Relaxed);
     }
 
     pub(crate) fn set_queues(&self, running: usize, waiting: usize) {
@@ -96,6 +139,10 @@ impl EngineStats {
     }
 }
 
+fn policy_index(policy: KvPolicyKind) -> usize {
+    KvPolicyKind::ALL.iter().position(|&p| p == policy).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +164,20 @@ mod tests {
         s.add_preemptions(2);
         let snap = s.snapshot();
         assert_eq!((snap.prefix_cache_queries, snap.prefix_cache_hits, snap.preemptions), (80, 48, 2));
+    }
+
+    #[test]
+    fn kv_counters_are_kept_per_policy_and_every_policy_is_listed() {
+        let s = EngineStats::default();
+        s.add_kv_request(KvPolicyKind::H2o);
+        s.add_kv_request(KvPolicyKind::H2o);
+        s.add_kv_evicted(KvPolicyKind::H2o, 10);
+        s.add_kv_evicted(KvPolicyKind::Streaming, 3);
+        let snap = s.snapshot();
+        assert_eq!(snap.kv_policies.len(), 4);
+        let h2o = snap.kv_policies.iter().find(|c| c.policy == KvPolicyKind::H2o).unwrap();
+        assert_eq!((h2o.requests, h2o.evicted_tokens), (2, 10));
+        let streaming = snap.kv_policies.iter().find(|c| c.policy == KvPolicyKind::Streaming).unwrap();
+        assert_eq!((streaming.requests, streaming.evicted_tokens), (0, 3));
     }
 }

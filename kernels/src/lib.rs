@@ -20,7 +20,8 @@ pub mod rope;
 pub mod silu_mul;
 
 pub use paged::{
-    paged_attention, write_kv, AttentionMetadata, HostMetadata, KvCacheShape, LayerKvCache, PagedKvCache,
+    attention_mass, copy_blocks, move_slots, paged_attention, write_kv, AttentionMetadata, BlockCopies, HostMetadata,
+    KvCacheShape, LayerKvCache, MassVoter, PagedKvCache, SlotMoves,
 };
 pub use matmul::{matmul_bt, QuantizedMatrix};
 pub use rms_norm::rms_norm;

@@ -2,15 +2,21 @@
 //! per-step batch description ([`metadata`]), `write_kv` ([`write_kv`]) and `paged_attention`
 //! ([`attention`]).
 //!
+//! The KV policies' helpers live here too: `attention_mass` (per-slot attention sums) and
+//! `slot_moves` (in-place entry moves and block copies).
+//!
 //! Must not know: block allocation, prefix hashing or eviction decisions; those live in the
 //! engine and hand this module block tables and slot mappings.
 
 pub mod attention;
 pub mod cache;
 pub mod metadata;
+pub mod slot_moves;
 pub mod write_kv;
 
+pub use attention::mass::{attention_mass, MassVoter};
 pub use attention::paged_attention;
 pub use cache::{KvCacheShape, LayerKvCache, PagedKvCache};
 pub use metadata::{AttentionMetadata, HostMetadata};
+pub use slot_moves::{copy_blocks, move_slots, BlockCopies, SlotMoves};
 pub use write_kv::write_kv;

@@ -190,6 +190,7 @@ mod tests {
             matched_stop: None,
             usage: Usage { prompt_tokens: prompt, completion_tokens, cached_tokens: cached },
             trailing_text: String::new(),
+            kv: Default::default(),
             at: Instant::now(),
         }
     }

@@ -259,6 +259,18 @@ fn attend_block<const AVX: bool>(
     }
 }
 
+/// `dot` with the AVX2+FMA loop when this CPU has it (for callers outside the item kernel,
+/// which pick once per item instead).
+#[inline]
+pub(super) fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected on this CPU.
+        return unsafe { super::simd::dot_avx2(a, b) };
+    }
+    dot(a, b)
+}
+
 /// Dot product with 16 independent accumulators (two AVX or four SSE registers), written with
 /// zipped iterators so there are no bounds checks and LLVM emits SIMD without reassociation flags.
 #[inline(always)]

@@ -12,17 +12,13 @@
 //! reuse (per-head eviction overwriting a slot) attention stays correct because keys carry their
 //! RoPE and softmax is order-invariant.
 //!
-//! # Seam for the KV policies (not implemented here)
-//! Policies such as H2O need, per (block, kv head, slot), the attention mass the slot received.
-//! The op struct [`PagedAttention`] is where that goes without touching the public signature:
-//! an optional hook field (e.g. `score_sink: Option<&Tensor>` pointing at the layer's
-//! `slot_score`, plus a reduction mode) that `paged_attention_with(...)` would set. In the CPU
-//! kernel the per-block probabilities `exp(s_i - m)` already exist inside
-//! `cpu::attend_block`; turning them into normalised mass needs the final `(m, l)` of each
-//! query row, so the hook would run as a second pass over the same blocks after the merge
-//! (rows are few in decode, where H2O accumulates). Nothing else in the kernel changes.
+//! # KV policies
+//! Policies such as H2O need the attention mass each slot received; [`mass::attention_mass`]
+//! computes it for the few rows that ask, with this op's masking and scores, so this op stays
+//! a pure online-softmax kernel that does no extra work for anyone.
 
 mod cpu;
+pub mod mass;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
