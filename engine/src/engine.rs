@@ -18,6 +18,8 @@ use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, 
 
 use crate::block_pool::{ExtraKeys, KvCacheManager, PrefixHit};
 use crate::events::{FinishReason, TokenLogprob};
+use crate::kv_policy::evictor::{BudgetedSeq, Evictor};
+use crate::kv_policy::{Chunk, RequestBudget};
 use crate::model_runner::{BatchEntry, ModelRunner};
 use crate::request::NewRequest;
 use crate::sampler::sample;
@@ -57,7 +59,10 @@ impl Default for EngineConfig {
 #[derive(Clone)]
 pub struct EngineInfo {
     pub vocab_size: usize,
+    /// Longest request that keeps its whole KV (it must fit the cache).
     pub max_model_len: usize,
+    /// Longest request with a KV budget (the model's context).
+    pub max_context_len: usize,
     pub block_size: usize,
     pub num_blocks: usize,
     pub cache_bytes: u64,
@@ -77,6 +82,10 @@ pub struct Engine {
     eos_token_ids: Arc<Vec<u32>>,
     config: EngineConfig,
     seqs: HashMap<u64, Sequence>,
+    /// Eviction state of the requests that may outgrow their KV budget.
+    budgets: HashMap<u64, RequestBudget>,
+    num_layers: usize,
+    num_kv_heads: usize,
     /// Admission order: the last is the newest, the first preemption victim.
     running: Vec<u64>,
     /// FIFO; preempted requests go back to the front.
@@ -106,6 +115,7 @@ impl Engine {
         let info = Arc::new(EngineInfo {
             vocab_size: cfg.vocab_size,
             max_model_len: size.max_model_len,
+            max_context_len: size.max_context_len,
             block_size: size.block_size,
             num_blocks: size.num_blocks,
             cache_bytes: size.bytes,
@@ -125,6 +135,9 @@ impl Engine {
             eos_token_ids,
             config,
             seqs: HashMap::new(),
+            budgets: HashMap::new(),
+            num_layers: cfg.num_layers,
+            num_kv_heads: cfg.num_kv_heads,
             running: Vec::new(),
             waiting: VecDeque::new(),
             next_arrival: 0,
@@ -147,13 +160,11 @@ impl Engine {
     /// are validated here too, and refused with a Failed event.)
     pub fn add_request(&mut self, req: NewRequest) {
         let id = req.id;
-        let mut seq = Sequence::new(
-            req,
-            self.next_arrival,
-            self.info.tokenizer.clone(),
-            self.eos_token_ids.clone(),
-            self.info.max_model_len,
-        );
+        let max_len = if req.kv.budget().is_some() { self.info.max_context_len } else { self.info.max_model_len };
+        let max_total = (req.prompt_ids.len() + req.params.max_tokens).min(max_len);
+        let budget = RequestBudget::for_request(&req.kv, max_total, self.num_layers, self.num_kv_heads);
+        let kind = req.kv.kind();
+        let mut seq = Sequence::new(req, self.next_arrival, self.info.tokenizer.clone(), self.eos_token_ids.clone(), max_len);
         self.next_arrival += 1;
         if self.seqs.contains_key(&id) {
             seq.fail(format!("request id {id} is already in use"));
@@ -163,6 +174,15 @@ impl Engine {
             seq.fail(format!("{e}"));
             return;
         }
+        if let Some(b) = budget {
+            if let Err(e) = self.kv.set_token_cap(id, b.budget) {
+                seq.fail(format!("{e}"));
+                let _ = self.kv.remove_request(id);
+                return;
+            }
+            self.budgets.insert(id, b);
+        }
+        self.stats.add_kv_request(kind);
         self.stats.add_prompt_tokens(seq.prompt_len);
         self.seqs.insert(id, seq);
         self.waiting.push_back(id);
@@ -236,7 +256,7 @@ impl Engine {
             exclusive_blocks: exclusive,
             prefix_hit_tokens: hit_tokens,
             prefix_hit_free_blocks: hit_free,
-            kv_token_cap: None,
+            kv_token_cap: self.budgets.get(&id).map(|b| b.budget),
         }
     }
 
@@ -274,6 +294,9 @@ impl Engine {
                 self.running.retain(|&r| r != id);
                 let seq = self.seqs.get_mut(&id).context("preempted an unknown request")?;
                 seq.num_computed = 0;
+                if let Some(b) = self.budgets.get_mut(&id) {
+                    b.slots.clear(); // recompute starts over, evictions included
+                }
                 seq.status = Status::Waiting;
                 self.waiting.push_front(id);
             }
@@ -310,9 +333,13 @@ impl Engine {
     }
 
     fn run_batch(&mut self, decision: &StepDecision) {
+        let bs = self.info.block_size;
         let mut entries = Vec::with_capacity(decision.scheduled.len());
         let mut samplers = Vec::new();
-        for chunk in &decision.scheduled {
+        let mut budgeted = Vec::new();
+        let mut budgets: HashMap<u64, &mut RequestBudget> =
+            self.budgets.iter_mut().map(|(&id, b)| (id, b)).collect();
+        for (i, chunk) in decision.scheduled.iter().enumerate() {
             let seq = &self.seqs[&chunk.id];
             let start = seq.num_computed;
             let end = start + chunk.num_new_tokens;
@@ -320,14 +347,30 @@ impl Engine {
             if wants_logits {
                 samplers.push(chunk.id);
             }
-            entries.push(BatchEntry {
-                tokens: &seq.tokens[start..end],
-                start_pos: start,
-                block_table: self.kv.block_table(chunk.id).unwrap_or(&[]),
-                wants_logits,
-            });
+            let block_table = self.kv.block_table(chunk.id).unwrap_or(&[]);
+            let slots = self.kv.num_slotted_tokens(chunk.id).unwrap_or(0);
+            let start_slot = slots.saturating_sub(chunk.num_new_tokens);
+            entries.push(BatchEntry { tokens: &seq.tokens[start..end], start_pos: start, start_slot, block_table, wants_logits });
+            if let Some(b) = budgets.remove(&chunk.id) {
+                budgeted.push(BudgetedSeq {
+                    seq: i,
+                    budget: b.budget,
+                    start_pos: start,
+                    held_before: start_slot,
+                    chunk: Chunk { q_len: chunk.num_new_tokens, in_prompt: start < seq.prompt_len || chunk.num_new_tokens > 1 },
+                    block_table,
+                    rule: b.rule.as_ref(),
+                    slots: &mut b.slots,
+                });
+            }
         }
-        let logits = match self.runner.run(&entries) {
+        let result = if budgeted.is_empty() {
+            self.runner.run(&entries, None)
+        } else {
+            let mut evictor = Evictor { seqs: budgeted, block_size: bs };
+            self.runner.run(&entries, Some(&mut evictor))
+        };
+        let logits = match result {
             Ok(l) => l,
             Err(e) => {
                 let msg = format!("forward pass failed: {e:#}");
@@ -342,9 +385,7 @@ impl Engine {
             }
         };
         for chunk in &decision.scheduled {
-            if let Some(seq) = self.seqs.get_mut(&chunk.id) {
-                seq.num_computed += chunk.num_new_tokens;
-            }
+            self.after_forward(chunk.id, chunk.num_new_tokens);
         }
         let mut generated = 0;
         for (id, mut row) in samplers.into_iter().zip(logits) {
@@ -375,6 +416,25 @@ impl Engine {
         self.stats.add_generation_tokens(generated);
     }
 
+    /// Books a computed chunk: progress, and for a budgeted request the blocks its policy freed.
+    fn after_forward(&mut self, id: u64, num_new_tokens: usize) {
+        let Some(seq) = self.seqs.get_mut(&id) else { return };
+        seq.num_computed += num_new_tokens;
+        let held = self.kv.num_slotted_tokens(id).unwrap_or(0);
+        let blocks = self.kv.block_table(id).map_or(0, <[u32]>::len);
+        let report = &mut seq.kv_report;
+        report.peak_tokens_held = report.peak_tokens_held.max(held);
+        report.peak_blocks_held = report.peak_blocks_held.max(blocks);
+        match self.kv.trim(id) {
+            Ok(0) => {}
+            Ok(evicted) => {
+                report.tokens_evicted += evicted;
+                self.stats.add_kv_evicted(seq.kv.kind(), evicted);
+            }
+            Err(e) => tracing::error!("request {id}: trimming its KV blocks failed: {e}"),
+        }
+    }
+
     /// Ends a request that has not produced its own final event yet.
     fn finish(&mut self, id: u64, reason: FinishReason) {
         if let Some(seq) = self.seqs.get_mut(&id) {
@@ -386,6 +446,7 @@ impl Engine {
     /// Frees a request's blocks and forgets it.
     fn remove(&mut self, id: u64, kind: FinishKind) {
         let Some(seq) = self.seqs.remove(&id) else { return };
+        self.budgets.remove(&id);
         if let Err(e) = self.kv.free(id).and_then(|_| self.kv.remove_request(id)) {
             tracing::error!("request {id}: releasing KV blocks failed: {e}");
         }
@@ -416,6 +477,8 @@ impl Engine {
 
     fn publish_queues(&self) {
         self.stats.set_queues(self.running.len(), self.waiting.len());
+        let held: usize = self.running.iter().filter_map(|&id| self.kv.num_slotted_tokens(id)).sum();
+        self.stats.set_kv_tokens_held(held);
         self.stats.set_blocks(self.info.num_blocks, self.kv.num_free_blocks());
     }
 

@@ -11,16 +11,19 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use kvault_kernels::{AttentionMetadata, KvCacheShape, PagedKvCache};
-use kvault_models::model::CausalLm;
+use kvault_models::model::{AttentionObserver, CausalLm};
 
 /// One sequence's share of a batch.
 #[derive(Clone, Debug)]
 pub struct BatchEntry<'a> {
     /// The tokens to compute this step (a prefill chunk, or the last sampled token).
     pub tokens: &'a [u32],
-    /// Position of `tokens[0]` (= tokens already in the cache).
+    /// Position of `tokens[0]` (= tokens already computed).
     pub start_pos: usize,
-    /// The sequence's blocks, covering at least `start_pos + tokens.len()` slots.
+    /// Slot of `tokens[0]`: tokens the cache holds for the sequence. Equal to `start_pos`
+    /// unless a KV policy evicted some; the chunk takes the next `tokens.len()` slots.
+    pub start_slot: usize,
+    /// The sequence's blocks, covering at least `start_slot + tokens.len()` slots.
     pub block_table: &'a [u32],
     /// Whether the last token's logits are needed (the chunk completes the known tokens).
     pub wants_logits: bool,
@@ -45,8 +48,13 @@ impl ModelRunner {
         &self.model
     }
 
+    pub fn cache(&self) -> &PagedKvCache {
+        &self.cache
+    }
+
     /// Runs the batch; returns, for each entry that wanted logits (in order), its f32 logits row.
-    pub fn run(&self, batch: &[BatchEntry]) -> Result<Vec<Vec<f32>>> {
+    /// `observer` sees every layer's attention (the KV policies' hook).
+    pub fn run(&self, batch: &[BatchEntry], observer: Option<&mut dyn AttentionObserver>) -> Result<Vec<Vec<f32>>> {
         let bs = self.block_size;
         let num_tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
         let mut input_ids = Vec::with_capacity(num_tokens);
@@ -57,15 +65,15 @@ impl ModelRunner {
         let mut context_lens = Vec::with_capacity(batch.len());
         let mut rows = Vec::new();
         for entry in batch {
-            let end = entry.start_pos + entry.tokens.len();
+            let end = entry.start_slot + entry.tokens.len();
             input_ids.extend_from_slice(entry.tokens);
-            for pos in entry.start_pos..end {
-                positions.push(pos as u32);
+            positions.extend((entry.start_pos..entry.start_pos + entry.tokens.len()).map(|p| p as u32));
+            for slot in entry.start_slot..end {
                 let block = *entry
                     .block_table
-                    .get(pos / bs)
-                    .with_context(|| format!("block table too short for position {pos}"))?;
-                slots.push((block as usize * bs + pos % bs) as i64);
+                    .get(slot / bs)
+                    .with_context(|| format!("block table too short for slot {slot}"))?;
+                slots.push((block as usize * bs + slot % bs) as i64);
             }
             if entry.wants_logits {
                 rows.push((input_ids.len() - 1) as u32);
@@ -87,7 +95,7 @@ impl ModelRunner {
             rows.push(0);
         }
         let rows_t = Tensor::from_vec(rows, want.max(1), device)?;
-        let logits = self.model.forward(&input, &meta, &self.cache, &rows_t)?;
+        let logits = self.model.forward(&input, &meta, &self.cache, &rows_t, observer)?;
         let mut out = logits.to_vec2::<f32>()?;
         out.truncate(want);
         Ok(out)

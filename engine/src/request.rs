@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Instant;
 
+use kvault_scheduler::footprint;
+
 use crate::engine::EngineInfo;
 use crate::handle::EventSink;
 use crate::kv_policy::KvPolicy;
@@ -37,12 +39,32 @@ impl NewRequest {
         self.params
             .validate(info.vocab_size)
             .map_err(|e| SubmitError::InvalidParam { param: e.param.to_string(), message: e.message })?;
+        // A budgeted request never holds more than its budget plus a chunk, so its length is
+        // bounded by the model's context; one that keeps everything must fit the cache.
+        let max_len = match self.kv.budget() {
+            None => info.max_model_len,
+            Some(budget) => {
+                let needs = footprint::peak_blocks(budget, info.block_size);
+                if needs > info.num_blocks {
+                    return Err(SubmitError::InvalidParam {
+                        param: "kv_budget".into(),
+                        message: format!(
+                            "kv_budget {budget} needs up to {needs} KV blocks (budget + one prefill chunk of as many \
+                             tokens) but the cache has {}: at most {} fits",
+                            info.num_blocks,
+                            info.num_blocks * info.block_size / 2
+                        ),
+                    });
+                }
+                info.max_context_len
+            }
+        };
         let total = self.prompt_ids.len() + self.params.max_tokens;
-        if total > info.max_model_len {
+        if total > max_len {
             return Err(SubmitError::TooLong {
                 prompt_tokens: self.prompt_ids.len(),
                 max_tokens: self.params.max_tokens,
-                max_model_len: info.max_model_len,
+                max_model_len: max_len,
             });
         }
         Ok(())

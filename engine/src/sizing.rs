@@ -38,7 +38,11 @@ pub enum CacheBudget {
 pub struct CacheSize {
     pub num_blocks: usize,
     pub block_size: usize,
+    /// Longest request that keeps its whole KV (`kv_policy` full): it must fit the cache.
     pub max_model_len: usize,
+    /// Longest request with a KV budget: the model's context (or an explicit --max-model-len),
+    /// whatever the cache size, since such a request never holds more than its budget.
+    pub max_context_len: usize,
     pub bytes: u64,
 }
 
@@ -104,6 +108,7 @@ pub fn size_cache(
         }
     };
     let capacity_tokens = num_blocks * footprint.block_size;
+    let explicit_or_model = max_model_len.unwrap_or(model_limit);
     let mut note = None;
     let max_model_len = match max_model_len {
         Some(len) => {
@@ -125,14 +130,21 @@ pub fn size_cache(
         None if model_limit > capacity_tokens => {
             note = Some(format!(
                 "the KV cache holds {capacity_tokens} tokens, less than the model's context {model_limit}: \
-                 max model length set to {capacity_tokens}"
+                 requests that keep their whole KV are limited to {capacity_tokens} tokens \
+                 (requests with a kv_budget may use the model's {model_limit})"
             ));
             capacity_tokens
         }
         None => model_limit,
     };
     Ok((
-        CacheSize { num_blocks, block_size: footprint.block_size, max_model_len, bytes: num_blocks as u64 * per_block },
+        CacheSize {
+            num_blocks,
+            block_size: footprint.block_size,
+            max_model_len,
+            max_context_len: max_model_len.max(explicit_or_model),
+            bytes: num_blocks as u64 * per_block,
+        },
         note,
     ))
 }
@@ -210,6 +222,7 @@ mod tests {
     fn default_max_model_len_shrinks_to_capacity_with_a_note() {
         let (size, note) = size_cache(smollm(), CacheBudget::Blocks(10), None, 8192).unwrap();
         assert_eq!(size.max_model_len, 160);
+        assert_eq!(size.max_context_len, 8192, "budgeted requests keep the model's context");
         assert!(note.unwrap().contains("160"));
     }
 

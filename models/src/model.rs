@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use kvault_kernels::{AttentionMetadata, PagedKvCache};
+use kvault_kernels::{AttentionMetadata, LayerKvCache, PagedKvCache};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
@@ -33,14 +33,34 @@ pub trait CausalLm: Send + Sync {
     /// Runs one flattened batch.
     /// - `input_ids`: `[tokens]` u32, sequences back to back as `meta` describes;
     /// - writes every token's K/V into `cache` at `meta.slot_mapping`;
-    /// - returns f32 logits `[rows, vocab]` for the token indices in `logits_indices` (`[rows]` u32).
+    /// - returns f32 logits `[rows, vocab]` for the token indices in `logits_indices` (`[rows]` u32);
+    /// - calls `observer` (when given) in each layer right after its attention.
     fn forward(
         &self,
         input_ids: &Tensor,
         meta: &AttentionMetadata,
         cache: &PagedKvCache,
         logits_indices: &Tensor,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> Result<Tensor>;
+}
+
+/// What one layer's attention just did, for whoever manages the KV cache (eviction policies).
+pub struct LayerAttention<'a> {
+    pub layer: usize,
+    /// `[tokens, num_heads, head_dim]`, after RoPE (and q-norm): the queries that attended.
+    pub q: &'a Tensor,
+    /// The layer's cache, this step's K/V already written.
+    pub cache: &'a LayerKvCache,
+    pub meta: &'a AttentionMetadata,
+    pub softmax_scale: f32,
+}
+
+/// Called by every layer after its attention and before its output projection, so a KV policy
+/// can score and evict in the layer that computed the scores. May modify the layer's cache
+/// in place (evicting never changes this step's attention output, already computed).
+pub trait AttentionObserver {
+    fn after_attention(&mut self, attention: LayerAttention<'_>) -> Result<()>;
 }
 
 /// How to load: where to compute, and in which dtype.

@@ -11,6 +11,7 @@
 pub mod aggressive;
 pub mod conservative;
 pub mod error;
+pub mod footprint;
 pub mod history;
 pub mod past_future;
 pub mod peak;

@@ -5,8 +5,9 @@
 //! a policy decides, nor anything about tensors or the block pool's internals; the decision
 //! contract is documented in `view.rs`.
 //!
-//! 1. Running requests, in order: each gets `min(tokens not yet computed, budget left)`. It
-//!    needs `blocks_for(computed + new) − held` more blocks; while the pool cannot supply them,
+//! 1. Running requests, in order: each gets `min(tokens not yet computed, budget left)` (and at
+//!    most its KV budget, see `footprint`). It needs `footprint::step_blocks − held` more
+//!    blocks; while the pool cannot supply them,
 //!    the newest running request (the last one not yet preempted, possibly itself) is preempted
 //!    by recompute and its exclusive blocks count as free again.
 //! 2. Only if nothing was preempted (admitting right after a preemption just thrashes): waiting
@@ -16,7 +17,8 @@
 
 use crate::error::Result;
 use crate::policy::{Capacity, Occupant, Policy, PolicyConfig};
-use crate::view::{blocks_for, FinishKind, RequestView, ScheduledChunk, StepDecision, StepInput};
+use crate::footprint::{decode_cap, max_chunk, step_blocks};
+use crate::view::{FinishKind, RequestView, ScheduledChunk, StepDecision, StepInput};
 
 /// Counters the engine can export.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,7 +44,7 @@ fn occupant(r: &RequestView, held_tokens: usize, max_model_len: usize) -> Occupa
         held_tokens,
         output_tokens: r.num_output_tokens,
         max_output_tokens: max_output(r, max_model_len),
-        kv_token_cap: r.kv_token_cap,
+        kv_token_cap: decode_cap(r.kv_token_cap),
     }
 }
 
@@ -83,13 +85,13 @@ impl Scheduler {
         let mut i = 0;
         while i < alive && budget > 0 {
             let r = &input.running[i];
-            let new = (r.num_tokens - r.num_computed_tokens).min(budget);
+            let new = (r.num_tokens - r.num_computed_tokens).min(budget).min(max_chunk(r.kv_token_cap));
             if new == 0 {
                 held_after.push(r.num_computed_tokens);
                 i += 1;
                 continue;
             }
-            let need = blocks_for(r.num_computed_tokens + new, r.kv_token_cap, bs).saturating_sub(r.blocks_held);
+            let need = step_blocks(r.num_computed_tokens, new, r.kv_token_cap, bs).saturating_sub(r.blocks_held);
             while need > free && alive > i {
                 alive -= 1;
                 let victim = &input.running[alive];
@@ -185,8 +187,8 @@ fn fit(w: &RequestView, bs: usize, budget: usize, free: usize) -> Option<Fit> {
     let hit = w.prefix_hit_tokens.min(max_hit);
     let hit_blocks = hit / bs;
     let hit_from_free = w.prefix_hit_free_blocks.min(hit_blocks);
-    let new = (w.num_tokens - hit).min(budget);
-    let fresh = blocks_for(hit + new, w.kv_token_cap, bs).saturating_sub(hit_blocks);
+    let new = (w.num_tokens - hit).min(budget).min(max_chunk(w.kv_token_cap));
+    let fresh = step_blocks(hit, new, w.kv_token_cap, bs).saturating_sub(hit_blocks);
     let f = Fit { hit, hit_from_free, new, fresh };
     (new > 0 && f.taken() <= free).then_some(f)
 }
@@ -406,6 +408,7 @@ mod tests {
                         let mut w = wait(100 + i, rng.random_range(1..120));
                         w.prefix_hit_tokens = rng.random_range(0..=w.num_tokens / BS) * BS;
                         w.prefix_hit_free_blocks = rng.random_range(0..=w.prefix_hit_tokens / BS);
+                        w.kv_token_cap = rng.random_bool(0.2).then(|| rng.random_range(1..200));
                         w
                     })
                     .collect();
@@ -424,9 +427,10 @@ mod tests {
                     let r = running.iter().chain(&waiting).find(|r| r.id == c.id).unwrap();
                     assert!(!d.preempted.contains(&c.id));
                     let held = r.blocks_held + c.num_prefix_hit_tokens / BS + c.new_blocks;
-                    let tokens = r.num_computed_tokens + c.num_prefix_hit_tokens + c.num_new_tokens;
-                    assert!(tokens <= r.num_tokens && c.num_new_tokens > 0);
-                    assert!(held >= blocks_for(tokens, r.kv_token_cap, BS), "{c:?} for {r:?}");
+                    let computed = r.num_computed_tokens + c.num_prefix_hit_tokens;
+                    assert!(computed + c.num_new_tokens <= r.num_tokens && c.num_new_tokens > 0);
+                    assert!(c.num_new_tokens <= max_chunk(r.kv_token_cap), "{c:?} for {r:?}");
+                    assert!(held >= step_blocks(computed, c.num_new_tokens, r.kv_token_cap, BS), "{c:?} for {r:?}");
                 }
             }
         }

@@ -45,8 +45,8 @@ pub struct RequestView {
     /// Waiting only: how many of the hit blocks currently sit in the free queue (touching them
     /// takes them out of it, so they cost free blocks like fresh ones).
     pub prefix_hit_free_blocks: usize,
-    /// KV eviction budget: the request never holds more than this many tokens' KV. The KV policy
-    /// must evict in place (slot reuse), so a step never needs room beyond the cap.
+    /// KV eviction budget: tokens kept per KV head per layer between steps (see `footprint`:
+    /// a step holds the budget plus its chunk, and a chunk is at most the budget).
     pub kv_token_cap: Option<usize>,
 }
 
@@ -180,12 +180,6 @@ impl<'a> StepInput<'a> {
     }
 }
 
-/// Blocks needed to hold `tokens` KV tokens, honouring an eviction cap.
-pub fn blocks_for(tokens: usize, cap: Option<usize>, block_size: usize) -> usize {
-    let t = cap.map_or(tokens, |c| tokens.min(c));
-    t.div_ceil(block_size)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,13 +208,5 @@ mod tests {
         assert!(input(&[], std::slice::from_ref(&w)).validate().is_err());
         let ok = RequestView { id: 1, prompt_len: 8, num_tokens: 8, prefix_hit_tokens: 4, prefix_hit_free_blocks: 1, ..Default::default() };
         assert!(input(&[], std::slice::from_ref(&ok)).validate().is_ok());
-    }
-
-    #[test]
-    fn blocks_for_rounds_up_and_respects_cap() {
-        assert_eq!(blocks_for(0, None, 16), 0);
-        assert_eq!(blocks_for(1, None, 16), 1);
-        assert_eq!(blocks_for(17, None, 16), 2);
-        assert_eq!(blocks_for(1000, Some(40), 16), 3);
     }
 }

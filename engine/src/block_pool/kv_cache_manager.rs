@@ -20,11 +20,15 @@
 //! whose KV is written by this very forward pass; that is sound only because the runner writes
 //! every new K/V of a layer before any attention of that layer reads the cache.
 //!
-//! KV eviction seam: a sequence whose eviction policy has overwritten any slot no longer holds
-//! the KV its tokens hash to, so `disable_caching` stops caching its blocks and unhooks the ones
-//! only it holds (blocks shared with other requests must never be rewritten in place).
+//! KV budgets: a request with a token cap (`set_token_cap`) keeps its tokens in slots
+//! `[0, held)`; after each step `trim` drops what its policy evicted, so it rests on
+//! `footprint::resting_blocks` and frees the rest, tail first. Its block table then no longer
+//! maps positions (slot `i` holds *some* kept token), so such a request is never hashed:
+//! `disable_caching` stops caching its blocks and unhooks the ones only it holds (blocks shared
+//! with other requests must never be rewritten in place).
 
 use super::hash::{extend_block_hashes, BlockHash, ExtraKeys};
+use kvault_scheduler::footprint;
 use super::pool::{BlockId, BlockPool, BlockPoolError, NotEnoughBlocks};
 use std::collections::HashMap;
 
@@ -71,6 +75,8 @@ pub enum KvCacheError {
     HitOnRunningRequest(RequestId),
     #[error("request {0}: the prefix hit no longer matches the cache (look it up again)")]
     StaleHit(RequestId),
+    #[error("request {0}: a token cap needs a request that holds no blocks and is not hashed")]
+    CapOnLiveRequest(RequestId),
     #[error(transparent)]
     Pool(#[from] BlockPoolError),
 }
@@ -81,9 +87,14 @@ struct RequestKv {
     extra: ExtraKeys,
     hashes: Vec<BlockHash>,
     blocks: Vec<BlockId>,
+    /// Slots in use (`[0, num_slotted)`); equal to the positions computed unless evicted.
     num_slotted: usize,
+    /// Positions computed and then evicted (a capped request's tokens no slot holds any more).
+    num_evicted: usize,
     num_cached_blocks: usize,
     hashable: bool,
+    /// Tokens kept per KV head per layer between steps (`None`: everything).
+    cap: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -152,8 +163,10 @@ impl KvCacheManager {
             hashes: Vec::new(),
             blocks: Vec::new(),
             num_slotted: 0,
+            num_evicted: 0,
             num_cached_blocks: 0,
             hashable: true,
+            cap: None,
         };
         self.rehash(&mut req);
         self.requests.insert(id, req);
@@ -331,16 +344,19 @@ impl KvCacheManager {
                 return Err(KvCacheError::StaleHit(id));
             }
         }
-        let total_slotted = req.num_slotted + hit.num_tokens + num_new_tokens;
-        if total_slotted > req.tokens.len() {
+        let computed = req.num_slotted + req.num_evicted + hit.num_tokens;
+        if computed + num_new_tokens > req.tokens.len() {
             return Err(KvCacheError::BeyondKnownTokens {
                 id,
-                wanted: total_slotted,
+                wanted: computed + num_new_tokens,
                 known: req.tokens.len(),
             });
         }
+        // Slots, not positions: a capped request trimmed after its last step rests on
+        // `footprint::resting_tokens` slots (the property tests hold the two equal).
+        let total_slotted = req.num_slotted + hit.num_tokens + num_new_tokens;
         let held = req.blocks.len() + hit.blocks.len();
-        let new_blocks = total_slotted.div_ceil(bs).saturating_sub(held);
+        let new_blocks = footprint::blocks(total_slotted, bs).saturating_sub(held);
         let free_hit_blocks = hit
             .blocks
             .iter()
@@ -387,8 +403,40 @@ impl KvCacheManager {
         self.pool.free_blocks(&reversed)?;
         req.blocks.clear();
         req.num_slotted = 0;
+        req.num_evicted = 0;
         req.num_cached_blocks = 0;
         Ok(())
+    }
+
+    /// Gives a registered request that holds no blocks a token cap (a KV budget), and stops
+    /// hashing it: once it evicts, its slots no longer hold the tokens its blocks would hash to.
+    pub fn set_token_cap(&mut self, id: RequestId, cap: usize) -> Result<(), KvCacheError> {
+        let req = self.requests.get_mut(&id).ok_or(KvCacheError::UnknownRequest(id))?;
+        if !req.blocks.is_empty() || cap == 0 {
+            return Err(KvCacheError::CapOnLiveRequest(id));
+        }
+        req.cap = Some(cap);
+        self.disable_caching(id)
+    }
+
+    /// After a step: a capped request's policy kept `cap` tokens of the `held` it attended, so
+    /// its slots past the cap are free; blocks past its resting footprint go back to the pool,
+    /// tail first. Returns how many tokens were evicted. Uncapped requests: nothing happens.
+    pub fn trim(&mut self, id: RequestId) -> Result<usize, KvCacheError> {
+        let bs = self.pool.block_size();
+        let req = self.requests.get_mut(&id).ok_or(KvCacheError::UnknownRequest(id))?;
+        let Some(cap) = req.cap else { return Ok(0) };
+        let evicted = req.num_slotted.saturating_sub(cap);
+        if evicted == 0 {
+            return Ok(0);
+        }
+        req.num_evicted += evicted;
+        req.num_slotted = cap;
+        let keep = footprint::resting_blocks(req.num_slotted + req.num_evicted, Some(cap), bs);
+        let tail: Vec<BlockId> = req.blocks.drain(keep..).rev().collect();
+        req.num_cached_blocks = req.num_cached_blocks.min(keep);
+        self.pool.free_blocks(&tail)?;
+        Ok(evicted)
     }
 
     /// Frees the request's blocks and forgets it.
@@ -421,7 +469,8 @@ impl KvCacheManager {
         self.requests.get(&id).map(|r| r.blocks.as_slice())
     }
 
-    /// Tokens of the request that have a KV slot (computed, or being computed this step).
+    /// Slots in use: tokens whose KV is held (computed, or being computed this step). For a
+    /// request that never evicted, also the positions computed.
     pub fn num_slotted_tokens(&self, id: RequestId) -> Option<usize> {
         self.requests.get(&id).map(|r| r.num_slotted)
     }

@@ -11,6 +11,7 @@ use kvault_kernels::{paged_attention, rms_norm, write_kv, AttentionMetadata, Lay
 
 use super::{Linear, RotaryEmbedding};
 use crate::config::ModelConfig;
+use crate::model::{AttentionObserver, LayerAttention};
 use crate::weights::{WeightName, WeightSource};
 
 #[derive(Clone, Debug)]
@@ -55,13 +56,16 @@ impl Attention {
         })
     }
 
-    /// `x`: `[tokens, hidden]` → `[tokens, hidden]`.
+    /// `x`: `[tokens, hidden]` → `[tokens, hidden]`. `layer` and `observer` let a KV policy
+    /// see this layer's queries and cache after attention.
     pub fn forward(
         &self,
         x: &Tensor,
         rotary: &RotaryEmbedding,
         meta: &AttentionMetadata,
         cache: &LayerKvCache,
+        layer: usize,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let q = self.q.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
@@ -75,6 +79,9 @@ impl Attention {
         let k = rotary.apply(&k, &meta.positions)?;
         write_kv(cache, &k, &v, meta)?;
         let attn = paged_attention(&q, cache, meta, self.softmax_scale)?;
+        if let Some(observer) = observer {
+            observer.after_attention(LayerAttention { layer, q: &q, cache, meta, softmax_scale: self.softmax_scale })?;
+        }
         self.o.forward(&attn.reshape((tokens, self.num_heads * self.head_dim))?)
     }
 }

@@ -7,7 +7,7 @@ use kvault_kernels::{rms_norm, AttentionMetadata, LayerKvCache, PagedKvCache};
 
 use super::{Attention, Embedding, Linear, Mlp, RotaryEmbedding};
 use crate::config::ModelConfig;
-use crate::model::CausalLm;
+use crate::model::{AttentionObserver, CausalLm};
 use crate::weights::{WeightName, WeightSource};
 
 #[derive(Clone, Debug)]
@@ -37,8 +37,10 @@ impl DecoderLayer {
         rotary: &RotaryEmbedding,
         meta: &AttentionMetadata,
         cache: &LayerKvCache,
+        layer: usize,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> Result<Tensor> {
-        let h = self.attn.forward(&rms_norm(x, &self.attn_norm, self.eps)?, rotary, meta, cache)?;
+        let h = self.attn.forward(&rms_norm(x, &self.attn_norm, self.eps)?, rotary, meta, cache, layer, observer)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&rms_norm(&x, &self.mlp_norm, self.eps)?)?;
         Ok((x + h)?)
@@ -106,13 +108,16 @@ impl CausalLm for Transformer {
         meta: &AttentionMetadata,
         cache: &PagedKvCache,
         logits_indices: &Tensor,
+        mut observer: Option<&mut dyn AttentionObserver>,
     ) -> Result<Tensor> {
         if cache.layers.len() != self.layers.len() {
             bail!("KV cache has {} layers, the model {}", cache.layers.len(), self.layers.len());
         }
         let mut x = self.embed.forward(input_ids)?;
-        for (layer, layer_cache) in self.layers.iter().zip(&cache.layers) {
-            x = layer.forward(&x, &self.rotary, meta, layer_cache)?;
+        for (i, (layer, layer_cache)) in self.layers.iter().zip(&cache.layers).enumerate() {
+            // Reborrow per layer (the coercion shortens the trait object's lifetime).
+            let observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
+            x = layer.forward(&x, &self.rotary, meta, layer_cache, i, observer)?;
         }
         // Only the rows that will be sampled (or scored) go through the final norm and the
         // vocabulary projection: for a prefill chunk that is one row instead of hundreds.

@@ -86,7 +86,7 @@ impl<'a> OneSequence<'a> {
         let input = Tensor::new(tokens, &device).unwrap();
         let rows: Vec<u32> = if all_rows { (0..n as u32).collect() } else { vec![n as u32 - 1] };
         let rows = Tensor::new(rows.as_slice(), &device).unwrap();
-        let logits = self.model.forward(&input, &meta, &self.cache, &rows).unwrap();
+        let logits = self.model.forward(&input, &meta, &self.cache, &rows, None).unwrap();
         self.len = end;
         logits.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
     }

@@ -65,6 +65,8 @@ pub struct SimConfig {
     pub abort_margin_s: f64,
     /// See [`RunConfig::server_max_tokens`]; past-future's seed then becomes `max_model_len`.
     pub server_max_tokens: bool,
+    /// See [`RunConfig::kv_budget`].
+    pub kv_budget: Option<usize>,
 }
 
 impl Default for SimConfig {
@@ -82,6 +84,7 @@ impl Default for SimConfig {
             max_sim_time_s: 6.0 * 3600.0,
             abort_margin_s: 2.0,
             server_max_tokens: false,
+            kv_budget: None,
         }
     }
 }
@@ -114,6 +117,7 @@ impl SimConfig {
                             max_sim_time_s: self.max_sim_time_s,
                             abort_margin_s: self.abort_margin_s,
                             server_max_tokens: self.server_max_tokens,
+                            kv_budget: self.kv_budget,
                         });
                     }
                 }

@@ -22,6 +22,7 @@ use super::cost::Hardware;
 use super::workload::{PromptSpec, Workload};
 use super::SimRecord;
 use crate::error::{Result, SchedulerError};
+use crate::footprint;
 use crate::policy::PolicyConfig;
 use crate::sla::{LatencyTracker, SlaAccumulator, SlaConfig};
 use crate::step::Scheduler;
@@ -47,6 +48,9 @@ pub struct RunConfig {
     /// Clients omit `max_tokens`, so each request may run to `max_model_len − input` (the
     /// paper's server limit); otherwise they send the workload's `max_tokens`.
     pub server_max_tokens: bool,
+    /// Every request keeps at most this many KV tokens (a KV eviction policy's budget): it
+    /// holds and reads what `footprint` says, as in the engine.
+    pub kv_budget: Option<usize>,
 }
 
 struct Live {
@@ -64,7 +68,7 @@ impl Live {
         self.spec.input_len + self.output
     }
 
-    fn view(&self) -> RequestView {
+    fn view(&self, kv_budget: Option<usize>) -> RequestView {
         RequestView {
             id: self.id,
             arrival_seq: self.id,
@@ -77,7 +81,7 @@ impl Live {
             exclusive_blocks: self.blocks,
             prefix_hit_tokens: 0,
             prefix_hit_free_blocks: 0,
-            kv_token_cap: None,
+            kv_token_cap: kv_budget,
         }
     }
 }
@@ -129,8 +133,8 @@ pub fn simulate_one(cfg: &RunConfig) -> Result<SimRecord> {
             timed_out = true;
             break;
         }
-        let run_views: Vec<RequestView> = running.iter().map(Live::view).collect();
-        let wait_views: Vec<RequestView> = waiting.iter().map(Live::view).collect();
+        let run_views: Vec<RequestView> = running.iter().map(|r| r.view(cfg.kv_budget)).collect();
+        let wait_views: Vec<RequestView> = waiting.iter().map(|w| w.view(cfg.kv_budget)).collect();
         let input = StepInput {
             running: &run_views,
             waiting: &wait_views,
@@ -187,11 +191,16 @@ pub fn simulate_one(cfg: &RunConfig) -> Result<SimRecord> {
             }
             free -= take;
             r.blocks += c.new_blocks;
-            if r.blocks * hw.block_size < r.computed + c.num_new_tokens {
+            let cap = cfg.kv_budget;
+            if r.blocks * hw.block_size < footprint::step_tokens(r.computed, c.num_new_tokens, cap) {
                 return Err(violation(format!("request {} lacks blocks for its tokens", c.id)));
             }
-            work.push((r.computed, c.num_new_tokens));
+            // A budgeted request attends only what it kept, then trims back to its resting blocks.
+            work.push((footprint::resting_tokens(r.computed, cap), c.num_new_tokens));
             r.computed += c.num_new_tokens;
+            let resting = footprint::resting_blocks(r.computed, cap, hw.block_size);
+            free += r.blocks.saturating_sub(resting);
+            r.blocks = r.blocks.min(resting);
             touched.push(j);
         }
         let dt = hw.step_time_s(work);
