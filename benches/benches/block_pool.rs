@@ -37,7 +37,7 @@ fn manager(caching: bool) -> KvCacheManager {
 /// Registers, looks up, allocates and removes one request; returns the blocks it hit.
 fn admit_and_finish(m: &mut KvCacheManager, id: u64, tokens: &[u32]) -> usize {
     m.add_request(id, tokens, ExtraKeys::none()).unwrap_or_else(|e| panic!("add_request: {e}"));
-    let hit = m.get_computed_blocks(id).unwrap_or_else(|e| panic!("get_computed_blocks: {e}"));
+    let hit = m.computed_blocks(id).unwrap_or_else(|e| panic!("get_computed_blocks: {e}"));
     m.allocate_slots(id, tokens.len() - hit.num_tokens, &hit).unwrap_or_else(|e| panic!("allocate_slots: {e}"));
     m.remove_request(id).unwrap_or_else(|e| panic!("remove_request: {e}"));
     hit.blocks.len()
@@ -81,7 +81,7 @@ fn prefix_hit(c: &mut Criterion) {
 
     m.add_request(2, &tokens, ExtraKeys::none()).unwrap_or_else(|e| panic!("add_request: {e}"));
     group.bench_function("peek_computed_blocks", |b| {
-        b.iter(|| black_box(m.peek_computed_blocks(black_box(2)).unwrap_or_else(|e| panic!("peek: {e}"))))
+        b.iter(|| black_box(m.computed_blocks(black_box(2)).unwrap_or_else(|e| panic!("peek: {e}"))))
     });
     m.remove_request(2).unwrap_or_else(|e| panic!("remove_request: {e}"));
 

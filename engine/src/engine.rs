@@ -10,14 +10,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use kvault_models::chat_template::ChatTemplate;
 use kvault_models::model::LoadedModel;
-use kvault_models::special_tokens::SpecialTokens;
-use kvault_models::tokenizer::Tokenizer;
 use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, RequestView, Scheduler, StepDecision, StepInput};
 
 use crate::block_pool::{ExtraKeys, KvCacheManager, PrefixHit};
 use crate::events::{FinishReason, TokenLogprob};
+pub use crate::info::EngineInfo;
 use crate::kv_policy::evictor::{BudgetedSeq, Evictor};
 use crate::kv_policy::{Chunk, RequestBudget};
 use crate::model_runner::{BatchEntry, ModelRunner};
@@ -53,24 +51,6 @@ impl Default for EngineConfig {
             max_queued_requests: 4096,
         }
     }
-}
-
-/// What the outside world may know about a running engine.
-#[derive(Clone)]
-pub struct EngineInfo {
-    pub vocab_size: usize,
-    /// Longest request that keeps its whole KV (it must fit the cache).
-    pub max_model_len: usize,
-    /// Longest request with a KV budget (the model's context).
-    pub max_context_len: usize,
-    pub block_size: usize,
-    pub num_blocks: usize,
-    pub cache_bytes: u64,
-    pub policy: PolicyKind,
-    pub tokenizer: Arc<Tokenizer>,
-    pub special_tokens: SpecialTokens,
-    pub chat_template: Option<ChatTemplate>,
-    pub weights_description: String,
 }
 
 pub struct Engine {
@@ -238,7 +218,7 @@ impl Engine {
             .map_or(0, |t| t.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(1)).count());
         let (hit_tokens, hit_free) = if waiting && self.config.enable_prefix_caching {
             // The request's block hashes are kept incrementally; no rehashing per step.
-            let hit = self.kv.peek_computed_blocks(id).unwrap_or_default();
+            let hit = self.kv.computed_blocks(id).unwrap_or_default();
             let free = hit.blocks.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(0)).count();
             (hit.num_tokens, free)
         } else {
@@ -305,7 +285,7 @@ impl Engine {
         // free queue, so no fresh allocation below can evict it.
         for chunk in decision.scheduled.iter().filter(|c| c.admitted) {
             let hit = if chunk.num_prefix_hit_tokens > 0 {
-                let hit = self.kv.get_computed_blocks(chunk.id)?;
+                let hit = self.kv.computed_blocks(chunk.id)?;
                 // Preemption frees blocks without evicting their hashes and hits are taken before
                 // any fresh allocation, so the hit cannot have shrunk since the view; truncating
                 // to what the scheduler planned keeps its block accounting exact.

@@ -14,9 +14,11 @@ use std::thread::JoinHandle;
 
 use anyhow::Result;
 use parking_lot::Mutex;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::engine::{Engine, EngineConfig, EngineInfo};
+use crate::engine::{Engine, EngineConfig};
+use crate::info::EngineInfo;
+use crate::sink::EventSink;
 use crate::events::RequestEvent;
 use crate::request::{NewRequest, SubmitError};
 use crate::stats::{EngineStats, StatsSnapshot};
@@ -89,7 +91,7 @@ impl EngineHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded_channel();
         request.id = id;
-        request.events = Some(EventSink { tx, in_flight: self.in_flight.clone(), done: false });
+        request.events = Some(EventSink::new(tx, self.in_flight.clone()));
         if self.commands.send(Command::Add(Box::new(request))).is_err() {
             return Err(SubmitError::ShuttingDown);
         }
@@ -121,42 +123,6 @@ impl EngineHandle {
 impl Drop for EngineHandle {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// The engine side of a request's stream. Sending the final event releases the queue place.
-pub(crate) struct EventSink {
-    tx: UnboundedSender<RequestEvent>,
-    in_flight: Arc<AtomicUsize>,
-    done: bool,
-}
-
-impl EventSink {
-    /// Sends an event; returns false when the receiver is gone (the caller should abort).
-    pub(crate) fn send(&mut self, event: RequestEvent) -> bool {
-        let last = matches!(event, RequestEvent::Finished(_) | RequestEvent::Failed(_));
-        let ok = self.tx.send(event).is_ok();
-        if last {
-            self.release();
-        }
-        ok
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    fn release(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for EventSink {
-    fn drop(&mut self) {
-        self.release();
     }
 }
 

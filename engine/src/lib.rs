@@ -11,6 +11,7 @@ pub mod block_pool;
 pub mod engine;
 pub mod events;
 pub mod handle;
+pub mod info;
 pub mod kv_policy;
 pub mod model_runner;
 pub mod request;
@@ -20,3 +21,4 @@ pub mod stats;
 pub mod stop;
 
 mod sequence;
+mod sink;

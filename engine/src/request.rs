@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use kvault_scheduler::footprint;
 
-use crate::engine::EngineInfo;
-use crate::handle::EventSink;
+use crate::info::EngineInfo;
+use crate::sink::EventSink;
 use crate::kv_policy::KvPolicy;
 use crate::sampler::SamplingParams;
 

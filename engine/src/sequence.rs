@@ -12,7 +12,7 @@ use std::time::Instant;
 use kvault_models::tokenizer::{IncrementalDecoder, Tokenizer};
 
 use crate::events::{Completion, FinishReason, KvReport, MatchedStop, RequestEvent, TokenDelta, TokenLogprob, Usage};
-use crate::handle::EventSink;
+use crate::sink::EventSink;
 use crate::kv_policy::KvPolicy;
 use crate::request::NewRequest;
 use crate::sampler::{SamplerState, SamplingParams};

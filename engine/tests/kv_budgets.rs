@@ -147,5 +147,6 @@ fn preempted_budgeted_requests_finish_and_free_everything() {
         assert_eq!(g.ids.len(), 60);
         assert!(g.done.kv.peak_blocks_held <= footprint::peak_blocks(48, 16), "{:?} {:?}", r.2, g.done.kv);
     }
+    assert!(engine.stats().preemptions > 0, "the pool was meant to force preemption");
     engine.check_idle().unwrap();
 }

@@ -9,6 +9,7 @@
 //! read-only view (request lengths, blocks held, free blocks, budgets) and gets a decision back.
 
 pub mod aggressive;
+pub mod choice;
 pub mod conservative;
 pub mod error;
 pub mod footprint;
@@ -25,9 +26,10 @@ pub use error::{Result, SchedulerError};
 pub use history::{OutputHistory, TailDistribution};
 pub use past_future::PastFutureConfig;
 pub use peak::{peak_tokens, Demand};
-pub use policy::{AdmissionRound, Capacity, Occupant, Policy, PolicyConfig, PolicyKind};
+pub use choice::{PolicyConfig, PolicyKind};
+pub use policy::{AdmissionRound, Capacity, Occupant, Policy};
 pub use sla::{percentile, LatencyTracker, SlaAccumulator, SlaConfig, SlaSummary};
-pub use step::{Scheduler, SchedulerStats};
+pub use step::Scheduler;
 pub use view::{
     Budgets, FinishKind, PoolView, RequestView, ScheduledChunk, StepDecision, StepInput,
 };

@@ -16,21 +16,13 @@
 //!    that does not fit stops the loop (head-of-line, no skipping).
 
 use crate::error::Result;
-use crate::policy::{Capacity, Occupant, Policy, PolicyConfig};
+use crate::choice::PolicyConfig;
+use crate::policy::{Capacity, Occupant, Policy};
 use crate::footprint::{decode_cap, max_chunk, step_blocks};
 use crate::view::{FinishKind, RequestView, ScheduledChunk, StepDecision, StepInput};
 
-/// Counters the engine can export.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SchedulerStats {
-    pub steps: u64,
-    pub preemptions: u64,
-    pub admissions: u64,
-}
-
 pub struct Scheduler {
     policy: Box<dyn Policy>,
-    stats: SchedulerStats,
 }
 
 fn max_output(r: &RequestView, max_model_len: usize) -> usize {
@@ -50,7 +42,7 @@ fn occupant(r: &RequestView, held_tokens: usize, max_model_len: usize) -> Occupa
 
 impl Scheduler {
     pub fn new(policy: Box<dyn Policy>) -> Self {
-        Self { policy, stats: SchedulerStats::default() }
+        Self { policy }
     }
 
     pub fn from_config(cfg: &PolicyConfig) -> Result<Self> {
@@ -61,10 +53,6 @@ impl Scheduler {
         self.policy.name()
     }
 
-    pub fn stats(&self) -> SchedulerStats {
-        self.stats
-    }
-
     /// Feeds a finished request's output length to the policy's history.
     pub fn on_request_finished(&mut self, output_len: usize, reason: FinishKind) {
         self.policy.on_request_finished(output_len, reason);
@@ -73,7 +61,6 @@ impl Scheduler {
     /// Decides one step. Errors only on an inconsistent view.
     pub fn schedule(&mut self, input: &StepInput) -> Result<StepDecision> {
         input.validate()?;
-        self.stats.steps += 1;
         let bs = input.pool.block_size;
         let mut budget = input.budgets.max_num_batched_tokens;
         let mut free = input.pool.free_blocks;
@@ -119,7 +106,6 @@ impl Scheduler {
             held_after.push(r.num_computed_tokens);
         }
         decision.preempted.reverse(); // victims were taken newest first; report oldest first
-        self.stats.preemptions += decision.preempted.len() as u64;
 
         if decision.preempted.is_empty() {
             self.admit(input, &held_after, budget, free, &mut decision);
@@ -154,7 +140,6 @@ impl Scheduler {
             free -= f.taken();
             budget -= f.new;
             n_running += 1;
-            self.stats.admissions += 1;
             decision.scheduled.push(ScheduledChunk {
                 id: w.id,
                 num_new_tokens: f.new,
@@ -198,7 +183,7 @@ mod tests {
     use super::*;
     use crate::conservative::reserved_tokens;
     use crate::past_future::PastFutureConfig;
-    use crate::policy::PolicyKind;
+    use crate::choice::PolicyKind;
     use crate::view::{Budgets, PoolView};
     use rand::{rngs::StdRng, Rng, SeedableRng};
 

@@ -91,3 +91,18 @@ fn bad_configs_are_errors_not_panics() {
     run.hardware.max_model_len = 6000; // uniform2 needs up to 10000
     assert!(simulate_one(&run).is_err());
 }
+
+#[test]
+fn a_kv_budget_runs_under_every_policy_with_the_engines_footprint_and_preempts_less() {
+    // The simulator checks every step against the decision contract, with the budgeted
+    // footprint (`footprint`), so a violation would be an error here.
+    let base = small(vec![Workload::Uniform1], vec![60], 60);
+    let full = simulate(&base).unwrap();
+    let capped = simulate(&SimConfig { kv_budget: Some(512), ..base }).unwrap();
+    for (f, c) in full.iter().zip(&capped) {
+        assert!(!c.timed_out && c.good == 60, "{c:?}");
+        assert!(c.preemptions <= f.preemptions, "{}: budget {} vs full {}", c.policy, c.preemptions, f.preemptions);
+    }
+    let aggressive = |recs: &[kvault_scheduler::sim::SimRecord]| recs.iter().find(|r| r.policy == "aggressive").unwrap().preemptions;
+    assert!(aggressive(&capped) < aggressive(&full), "a budget frees memory: fewer preemptions");
+}

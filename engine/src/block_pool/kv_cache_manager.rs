@@ -49,14 +49,6 @@ impl PrefixHit {
     }
 }
 
-/// Prefix-cache counters in tokens, as vLLM reports them (`queries` = prompt tokens looked up).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PrefixCacheStats {
-    pub requests: u64,
-    pub queries: u64,
-    pub hits: u64,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvCacheError {
     #[error(transparent)]
@@ -82,7 +74,7 @@ pub enum KvCacheError {
 }
 
 #[derive(Debug, Clone)]
-struct RequestKv {
+struct RequestBlocks {
     tokens: Vec<u32>,
     extra: ExtraKeys,
     hashes: Vec<BlockHash>,
@@ -100,8 +92,7 @@ struct RequestKv {
 #[derive(Debug, Clone)]
 pub struct KvCacheManager {
     pool: BlockPool,
-    requests: HashMap<RequestId, RequestKv>,
-    stats: PrefixCacheStats,
+    requests: HashMap<RequestId, RequestBlocks>,
 }
 
 impl KvCacheManager {
@@ -113,7 +104,6 @@ impl KvCacheManager {
         Ok(KvCacheManager {
             pool: BlockPool::new(num_blocks, block_size, enable_caching)?,
             requests: HashMap::new(),
-            stats: PrefixCacheStats::default(),
         })
     }
 
@@ -135,17 +125,8 @@ impl KvCacheManager {
         self.pool.num_free_blocks()
     }
 
-    pub fn usage(&self) -> f64 {
-        self.pool.usage()
-    }
 
-    pub fn stats(&self) -> PrefixCacheStats {
-        self.stats
-    }
 
-    pub fn reset_prefix_cache(&mut self) -> bool {
-        self.pool.reset_prefix_cache()
-    }
 
     /// Registers a request with its prompt and hashes the prompt's full blocks.
     pub fn add_request(
@@ -157,7 +138,7 @@ impl KvCacheManager {
         if self.requests.contains_key(&id) {
             return Err(KvCacheError::DuplicateRequest(id));
         }
-        let mut req = RequestKv {
+        let mut req = RequestBlocks {
             tokens: prompt.to_vec(),
             extra,
             hashes: Vec::new(),
@@ -185,7 +166,7 @@ impl KvCacheManager {
         Ok(())
     }
 
-    fn rehash(&self, req: &mut RequestKv) {
+    fn rehash(&self, req: &mut RequestBlocks) {
         if self.pool.caching_enabled() && req.hashable {
             extend_block_hashes(
                 &mut req.hashes,
@@ -211,23 +192,10 @@ impl KvCacheManager {
         self.longest_hit(&hashes, token_ids)
     }
 
-    /// The prefix hit for a registered request that holds no blocks (new, or preempted), using
-    /// its stored hashes; counted in `stats`. A request holding blocks gets no hit.
-    pub fn get_computed_blocks(&mut self, id: RequestId) -> Result<PrefixHit, KvCacheError> {
-        let hit = self.peek_computed_blocks(id)?;
-        if let Some(req) = self.requests.get(&id) {
-            if req.blocks.is_empty() && req.hashable && self.pool.caching_enabled() {
-                self.stats.requests += 1;
-                self.stats.queries += req.tokens.len() as u64;
-                self.stats.hits += hit.num_tokens as u64;
-            }
-        }
-        Ok(hit)
-    }
-
-    /// What `get_computed_blocks` would return now, without counting it: for planning (e.g. a
-    /// scheduler view each step) at the cost of one map lookup per block, no rehashing.
-    pub fn peek_computed_blocks(&self, id: RequestId) -> Result<PrefixHit, KvCacheError> {
+    /// The prefix hit for a registered request that holds no blocks (new, or preempted), from
+    /// its stored hashes: one map lookup per block, no rehashing, so the scheduler's view can ask
+    /// every step. A request holding blocks (or never hashed) gets no hit.
+    pub fn computed_blocks(&self, id: RequestId) -> Result<PrefixHit, KvCacheError> {
         let req = self
             .requests
             .get(&id)
@@ -257,34 +225,9 @@ impl KvCacheManager {
         PrefixHit { blocks, num_tokens }
     }
 
-    /// Free blocks that `allocate_slots(id, num_new_tokens, hit)` would consume: new blocks plus
-    /// hit blocks that currently sit in the free queue (touching them takes them out of it).
-    pub fn blocks_needed(
-        &self,
-        id: RequestId,
-        num_new_tokens: usize,
-        hit: &PrefixHit,
-    ) -> Result<usize, KvCacheError> {
-        let req = self
-            .requests
-            .get(&id)
-            .ok_or(KvCacheError::UnknownRequest(id))?;
-        let plan = self.plan(id, req, num_new_tokens, hit)?;
-        Ok(plan.new_blocks + plan.free_hit_blocks)
-    }
-
-    pub fn can_allocate(
-        &self,
-        id: RequestId,
-        num_new_tokens: usize,
-        hit: &PrefixHit,
-    ) -> Result<bool, KvCacheError> {
-        Ok(self.blocks_needed(id, num_new_tokens, hit)? <= self.pool.num_free_blocks())
-    }
-
     /// Gives the request slots for `num_new_tokens` more tokens after its slotted ones (after
     /// the hit, for a request that holds no blocks yet) and returns the newly allocated blocks.
-    /// Attaches `hit` (from `get_computed_blocks`, called just before: an allocation in between
+    /// Attaches `hit` (from `computed_blocks`, called just before: an allocation in between
     /// may evict a free hit block, which is reported as `StaleHit`). Caches newly full blocks.
     ///
     /// On any error nothing has changed.
@@ -324,7 +267,7 @@ impl KvCacheManager {
     fn plan(
         &self,
         id: RequestId,
-        req: &RequestKv,
+        req: &RequestBlocks,
         num_new_tokens: usize,
         hit: &PrefixHit,
     ) -> Result<AllocPlan, KvCacheError> {
@@ -476,10 +419,12 @@ impl KvCacheManager {
     }
 
     /// Chain hashes of the request's full blocks (empty once caching is disabled for it).
+    #[cfg(test)]
     pub fn block_hashes(&self, id: RequestId) -> Option<&[BlockHash]> {
         self.requests.get(&id).map(|r| r.hashes.as_slice())
     }
 
+    #[cfg(test)]
     pub fn num_requests(&self) -> usize {
         self.requests.len()
     }

@@ -12,7 +12,7 @@ fn manager(num_blocks: usize) -> KvCacheManager {
 fn prefill(m: &mut KvCacheManager, id: RequestId, prompt: &[u32]) -> PrefixHit {
     m.add_request(id, prompt, ExtraKeys::none())
         .expect("new id");
-    let hit = m.get_computed_blocks(id).expect("known");
+    let hit = m.computed_blocks(id).expect("known");
     m.allocate_slots(id, prompt.len() - hit.num_tokens, &hit)
         .expect("fits");
     m.check_invariants().expect("consistent after prefill");
@@ -143,10 +143,8 @@ fn allocate_failure_leaves_state_untouched() {
                                        // Request 3 hits 2 free blocks and needs 2 more for 16 tokens: 4 free blocks needed, 3 free.
     let long: Vec<u32> = (0..16).collect();
     m.add_request(3, &long, ExtraKeys::none()).expect("new id");
-    let hit = m.get_computed_blocks(3).expect("known");
+    let hit = m.computed_blocks(3).expect("known");
     assert_eq!(hit.num_tokens, 8);
-    assert_eq!(m.blocks_needed(3, 8, &hit), Ok(4));
-    assert_eq!(m.can_allocate(3, 8, &hit), Ok(false));
     let before = (
         m.pool().free_order(),
         m.pool().num_cached_blocks(),
@@ -169,7 +167,6 @@ fn allocate_failure_leaves_state_untouched() {
     assert_eq!(m.num_slotted_tokens(3), Some(0));
     m.check_invariants().expect("consistent");
     // A smaller chunk fits: hit blocks come back out of the free queue.
-    assert_eq!(m.can_allocate(3, 4, &hit), Ok(true));
     m.allocate_slots(3, 4, &hit).expect("fits");
     assert_eq!(m.num_free_blocks(), 0);
 }
@@ -235,7 +232,7 @@ fn preempted_request_keeps_hashes_and_hits_its_own_blocks_on_resume() {
         m.block_hashes(1).expect("still registered"),
         hashes.as_slice()
     );
-    let hit = m.get_computed_blocks(1).expect("known");
+    let hit = m.computed_blocks(1).expect("known");
     assert_eq!(hit.blocks, before[..2].to_vec());
     m.allocate_slots(1, 11 - hit.num_tokens, &hit)
         .expect("fits");
@@ -248,7 +245,7 @@ fn running_request_gets_no_hit_and_cannot_take_one() {
     let prompt: Vec<u32> = (0..9).collect();
     prefill(&mut m, 1, &prompt);
     prefill(&mut m, 2, &prompt);
-    assert_eq!(m.get_computed_blocks(2), Ok(PrefixHit::none()));
+    assert_eq!(m.computed_blocks(2), Ok(PrefixHit::none()));
     let hit = m.find_prefix_hit(&prompt, &ExtraKeys::none());
     assert_eq!(
         m.allocate_slots(2, 0, &hit),
@@ -264,7 +261,7 @@ fn hit_evicted_between_lookup_and_allocation_is_reported_stale() {
     m.remove_request(1).expect("known");
     m.add_request(2, &prompt, ExtraKeys::none())
         .expect("new id");
-    let hit = m.get_computed_blocks(2).expect("known");
+    let hit = m.computed_blocks(2).expect("known");
     assert_eq!(hit.num_tokens, 4);
     // Another request takes every free block, including the hit one.
     prefill(&mut m, 3, &(20..32).collect::<Vec<u32>>());
@@ -313,31 +310,6 @@ fn disabled_caching_keeps_blocks_shared_with_other_requests_hittable() {
     prefill(&mut m, 2, &prompt);
     m.disable_caching(2).expect("known");
     assert_eq!(m.find_prefix_hit(&prompt, &ExtraKeys::none()).num_tokens, 8);
-}
-
-#[test]
-fn stats_count_queried_and_hit_tokens() {
-    let mut m = manager(8);
-    let prompt: Vec<u32> = (0..10).collect();
-    prefill(&mut m, 1, &prompt);
-    prefill(&mut m, 2, &prompt);
-    let s = m.stats();
-    assert_eq!((s.requests, s.queries, s.hits), (2, 20, 8));
-}
-
-#[test]
-fn peeking_a_hit_matches_the_real_lookup_but_is_not_counted() {
-    let mut m = manager(8);
-    let prompt: Vec<u32> = (0..10).collect();
-    prefill(&mut m, 1, &prompt);
-    m.add_request(2, &prompt, ExtraKeys::none())
-        .expect("new id");
-    let before = m.stats();
-    let peeked = m.peek_computed_blocks(2).expect("known");
-    assert_eq!(m.stats(), before);
-    assert_eq!(peeked.num_tokens, 8);
-    assert_eq!(m.get_computed_blocks(2), Ok(peeked));
-    assert_eq!(m.stats().hits, before.hits + 8);
 }
 
 #[test]

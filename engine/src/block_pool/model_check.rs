@@ -242,7 +242,7 @@ fn step(
             } else {
                 vec![]
             };
-            let hit = m.get_computed_blocks(id).map_err(|e| e.to_string())?;
+            let hit = m.computed_blocks(id).map_err(|e| e.to_string())?;
             if hit.blocks != expected_hit {
                 return Err(format!("hit {:?}, model {:?}", hit.blocks, expected_hit));
             }
@@ -295,7 +295,7 @@ fn step(
         }
         Op::Reset => {
             let expect_ok = model.refs.iter().all(|&r| r == 0);
-            if m.reset_prefix_cache() != expect_ok {
+            if m.pool_mut().reset_prefix_cache() != expect_ok {
                 return Err(format!(
                     "reset_prefix_cache disagrees (model expects {expect_ok})"
                 ));
@@ -350,8 +350,8 @@ fn compare(m: &KvCacheManager, model: &Model) -> Result<(), String> {
     }
     let held = model.refs.iter().filter(|&&r| r > 0).count();
     let want_usage = held as f64 / model.refs.len().max(1) as f64;
-    if (m.usage() - want_usage).abs() > 1e-12 {
-        return Err(format!("usage {}, model {want_usage}", m.usage()));
+    if (m.pool().usage() - want_usage).abs() > 1e-12 {
+        return Err(format!("usage {}, model {want_usage}", m.pool().usage()));
     }
     Ok(())
 }

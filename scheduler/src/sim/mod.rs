@@ -20,7 +20,7 @@ pub use workload::{PromptSpec, Workload};
 
 use crate::error::Result;
 use crate::past_future::PastFutureConfig;
-use crate::policy::{PolicyConfig, PolicyKind};
+use crate::choice::{PolicyConfig, PolicyKind};
 use crate::sla::SlaConfig;
 
 /// The outcome of one run.

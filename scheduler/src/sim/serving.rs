@@ -23,7 +23,7 @@ use super::workload::{PromptSpec, Workload};
 use super::SimRecord;
 use crate::error::{Result, SchedulerError};
 use crate::footprint;
-use crate::policy::PolicyConfig;
+use crate::choice::PolicyConfig;
 use crate::sla::{LatencyTracker, SlaAccumulator, SlaConfig};
 use crate::step::Scheduler;
 use crate::view::{Budgets, FinishKind, PoolView, RequestView, StepInput};

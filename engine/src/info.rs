@@ -1,0 +1,30 @@
+//! What the outside world may know about a running engine: limits, sizes and the model's
+//! tokenizer, special tokens and chat template.
+//!
+//! Must not know: the engine loop or requests (it is read by request validation and callers).
+
+use std::sync::Arc;
+
+use kvault_models::chat_template::ChatTemplate;
+use kvault_models::special_tokens::SpecialTokens;
+use kvault_models::tokenizer::Tokenizer;
+use kvault_scheduler::PolicyKind;
+
+/// What the outside world may know about a running engine.
+#[derive(Clone)]
+pub struct EngineInfo {
+    pub vocab_size: usize,
+    /// Longest request that keeps its whole KV (it must fit the cache).
+    pub max_model_len: usize,
+    /// Longest request with a KV budget (the model's context).
+    pub max_context_len: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    pub cache_bytes: u64,
+    pub policy: PolicyKind,
+    pub tokenizer: Arc<Tokenizer>,
+    pub special_tokens: SpecialTokens,
+    pub chat_template: Option<ChatTemplate>,
+    pub weights_description: String,
+}
+
