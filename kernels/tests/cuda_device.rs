@@ -7,8 +7,12 @@
 mod emu_support;
 
 use candle_core::{DType, Device, Result, Tensor};
+use emu_support::kv_policy::{layer_bytes, random_block_copies, random_layer, random_moves};
 use emu_support::*;
-use kvault_kernels::{paged_attention, rms_norm, rope, silu_mul, write_kv, AttentionMetadata, LayerKvCache};
+use kvault_kernels::{
+    attention_mass, copy_blocks, move_slots, paged_attention, rms_norm, rope, silu_mul, write_kv, AttentionMetadata,
+    BlockCopies, KvCacheShape, LayerKvCache, MassVoter, SlotMoves,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -101,6 +105,72 @@ fn device_rms_norm_rope_and_silu_mul_match_cpu_ops() -> Result<()> {
         let got = rope(&x.to_device(&dev)?, &cos.to_device(&dev)?, &sin.to_device(&dev)?, &pos.to_device(&dev)?)?
             .to_device(&Device::Cpu)?;
         assert_close(&got, &want, &format!("rope {dtype:?}"))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn device_attention_mass_matches_cpu_op() -> Result<()> {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(44);
+    let voters = [
+        MassVoter { seq: 3, first_query: 9 },
+        MassVoter { seq: 0, first_query: 0 },
+        MassVoter { seq: 2, first_query: 4 },
+        MassVoter { seq: 4, first_query: 0 },
+    ];
+    for dtype in DTYPES {
+        for (block_size, head_dim) in [(16, 64), (16, 128), (32, 64), (32, 128)] {
+            for group in [1, 3, 8] {
+                // Seq 1 (a decode row) does not vote; seq 4's long context spans many CTA strides.
+                let seqs = vec![(7, 7), (1, 40), (5, 2 * block_size + 3), (19, 19), (1, 700)];
+                let case = AttnCase { dtype, block_size, head_dim, num_kv_heads: 2, group, seqs };
+                let inp = build_attention(&case, &mut rng)?;
+                let scale = 1.0 / (head_dim as f32).sqrt();
+                let want = attention_mass(&inp.q, &inp.cache, &inp.meta, scale, &voters)?;
+                let (q, cache, meta) = to_device(&inp, &dev)?;
+                let got = attention_mass(&q, &cache, &meta, scale, &voters)?.to_device(&Device::Cpu)?;
+                assert_close(&got, &want, &format!("device attention_mass {case:?}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn device_move_slots_and_copy_blocks_leave_the_layer_exactly_as_the_cpu_ops() -> Result<()> {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(45);
+    for dtype in DTYPES {
+        for (num_kv_heads, block_size, head_dim) in [(1, 16, 64), (2, 32, 128), (8, 16, 128)] {
+            let shape = KvCacheShape { num_blocks: 9, num_kv_heads, block_size, head_dim };
+            let layer = random_layer(&mut rng, shape, dtype)?;
+            let on_device = |l: &LayerKvCache| -> Result<LayerKvCache> {
+                Ok(LayerKvCache {
+                    key: l.key.to_device(&dev)?,
+                    value: l.value.to_device(&dev)?,
+                    slot_pos: l.slot_pos.to_device(&dev)?,
+                    slot_score: l.slot_score.to_device(&dev)?,
+                })
+            };
+            let gpu_layer = on_device(&layer)?;
+            let moves = random_moves(&mut rng, shape);
+            move_slots(&gpu_layer, &SlotMoves::new(moves.clone(), &dev)?)?;
+            move_slots(&layer, &SlotMoves::new(moves, &Device::Cpu)?)?;
+            let pairs = random_block_copies(&mut rng, shape.num_blocks);
+            copy_blocks(&gpu_layer, &BlockCopies::new(pairs.clone(), &dev)?)?;
+            copy_blocks(&layer, &BlockCopies::new(pairs, &Device::Cpu)?)?;
+            let got = LayerKvCache {
+                key: gpu_layer.key.to_device(&Device::Cpu)?,
+                value: gpu_layer.value.to_device(&Device::Cpu)?,
+                slot_pos: gpu_layer.slot_pos.to_device(&Device::Cpu)?,
+                slot_score: gpu_layer.slot_score.to_device(&Device::Cpu)?,
+            };
+            let (got, want) = (layer_bytes(&got)?, layer_bytes(&layer)?);
+            for (i, name) in ["key", "value", "slot_pos", "slot_score"].iter().enumerate() {
+                assert!(got[i] == want[i], "{name} differs from the CPU ops, {dtype:?} {shape:?}");
+            }
+        }
     }
     Ok(())
 }

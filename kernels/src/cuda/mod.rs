@@ -7,6 +7,7 @@
 //! with the host-emulation tests, which run the same kernels on the CPU).
 
 pub mod device;
+mod kv_policy;
 pub mod libs;
 pub mod nvcc;
 pub mod ops;

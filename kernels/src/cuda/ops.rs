@@ -15,18 +15,20 @@ use super::plan::{self, AttentionShape, KernelDtype, LaunchConfig};
 use super::ptx;
 use crate::AttentionMetadata;
 
-fn plan_err(e: plan::PlanError) -> candle_core::Error {
+pub use super::kv_policy::{attention_mass, copy_blocks, move_slots};
+
+pub(super) fn plan_err(e: plan::PlanError) -> candle_core::Error {
     candle_core::Error::Msg(e.0)
 }
 
-fn start_offset(l: &Layout, op: &str, what: &str) -> Result<usize> {
+pub(super) fn start_offset(l: &Layout, op: &str, what: &str) -> Result<usize> {
     match l.contiguous_offsets() {
         Some((start, _)) => Ok(start),
         None => bail!("{op} (cuda): {what} must be contiguous, got strides {:?}", l.stride()),
     }
 }
 
-fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDtype> {
+pub(super) fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDtype> {
     Ok(match dtype {
         DType::F32 => KernelDtype::F32,
         DType::F16 => KernelDtype::F16,
@@ -35,19 +37,19 @@ fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDtype> {
     })
 }
 
-fn as_i32(v: usize, what: &str) -> Result<i32> {
+pub(super) fn as_i32(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what} = {v} exceeds i32")))
 }
 
 /// The kernel `cfg.kernel` from kernels/cuda/<module>.cu, loaded once per device.
-fn function(dev: &CudaDevice, module: &str, cfg: &LaunchConfig) -> Result<CudaFunction> {
+pub(super) fn function(dev: &CudaDevice, module: &str, cfg: &LaunchConfig) -> Result<CudaFunction> {
     let cc = dev.cuda_stream().context().compute_capability().w()?;
     let arch = ptx::arch_for(cc)?;
     let text = ptx::ptx(module, arch)?;
     Ok(dev.get_or_load_custom_func(&cfg.kernel, &format!("kvault_{module}_{arch}"), &text)?.into_cuda_function())
 }
 
-fn launch(mut args: LaunchArgs<'_>, cfg: &LaunchConfig) -> Result<()> {
+pub(super) fn launch(mut args: LaunchArgs<'_>, cfg: &LaunchConfig) -> Result<()> {
     let c = cudarc::driver::LaunchConfig {
         grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
         block_dim: (cfg.block[0], cfg.block[1], cfg.block[2]),
@@ -82,16 +84,16 @@ macro_rules! with_float_slice {
 }
 
 /// Device slice of one metadata tensor; the read guard must outlive the launch.
-fn metadata_storage<'a>(t: &'a Tensor, what: &str) -> Result<(StorageRef<'a>, usize)> {
+pub(super) fn metadata_storage<'a>(t: &'a Tensor, op: &str, what: &str) -> Result<(StorageRef<'a>, usize)> {
     let (storage, layout) = t.storage_and_layout();
-    let offset = start_offset(layout, "paged_attention", what)?;
+    let offset = start_offset(layout, op, what)?;
     if !matches!(&*storage, Storage::Cuda(_)) {
-        bail!("paged_attention (cuda): metadata {what} is not on the CUDA device")
+        bail!("{op} (cuda): metadata {what} is not on the CUDA device")
     }
     Ok((storage, offset))
 }
 
-fn cuda_of<'a>(s: &'a Storage) -> Result<&'a CudaStorage> {
+pub(super) fn cuda_of<'a>(s: &'a Storage) -> Result<&'a CudaStorage> {
     match s {
         Storage::Cuda(c) => Ok(c),
         _ => bail!("expected CUDA storage"),
@@ -193,9 +195,9 @@ pub fn paged_attention(
     };
     let (q_off, k_off, v_off) =
         (start_offset(q_l, OP, "q")?, start_offset(k_l, OP, "key cache")?, start_offset(v_l, OP, "value cache")?);
-    let (bt_guard, bt_off) = metadata_storage(&meta.block_tables, "block_tables")?;
-    let (ctx_guard, ctx_off) = metadata_storage(&meta.context_lens, "context_lens")?;
-    let (cu_guard, cu_off) = metadata_storage(&meta.cu_seqlens_q, "cu_seqlens_q")?;
+    let (bt_guard, bt_off) = metadata_storage(&meta.block_tables, OP, "block_tables")?;
+    let (ctx_guard, ctx_off) = metadata_storage(&meta.context_lens, OP, "context_lens")?;
+    let (cu_guard, cu_off) = metadata_storage(&meta.cu_seqlens_q, OP, "cu_seqlens_q")?;
     let bt = cuda_of(&bt_guard)?.as_cuda_slice::<u32>()?.slice(bt_off..);
     let ctx = cuda_of(&ctx_guard)?.as_cuda_slice::<u32>()?.slice(ctx_off..);
     let cu = cuda_of(&cu_guard)?.as_cuda_slice::<u32>()?.slice(cu_off..);

@@ -275,6 +275,72 @@ pub fn silu_mul_plan(dtype: KernelDtype, len: usize) -> Result<LaunchConfig, Pla
     })
 }
 
+/// Threads per attention-mass CTA (4 warps); attention_mass.cu is compiled with this bound.
+pub const MASS_THREADS: u32 = 128;
+/// Query rows one attention-mass tile scores together (`KV_MASS_ROWS` in attention_mass.cu).
+pub const MASS_ROWS: usize = 8;
+
+/// Dynamic shared memory of an attention-mass CTA: the tile's scaled queries `[MASS_ROWS][D]`
+/// and the per-warp (max, sum) of each row, all f32 (the carve-up in attention_mass.cu).
+pub fn attention_mass_smem_bytes(head_dim: usize) -> usize {
+    4 * (MASS_ROWS * head_dim + 2 * (MASS_THREADS as usize / 32) * MASS_ROWS)
+}
+
+/// Attention mass: one CTA per (voter, kv head), writing that voter's `[max_ctx]` row.
+pub fn attention_mass_plan(shape: &AttentionShape, num_voters: usize, max_ctx: usize) -> Result<LaunchConfig, PlanError> {
+    shape.validate()?;
+    if num_voters == 0 || max_ctx == 0 {
+        return err(format!("attention_mass needs voters and a context, got {num_voters} voters, max_ctx {max_ctx}"));
+    }
+    Ok(LaunchConfig {
+        kernel: shape.kernel_name("attention_mass"),
+        grid: [to_u32(num_voters, "voters")?, to_u32(shape.num_kv_heads, "num_kv_heads")?, 1],
+        block: [MASS_THREADS, 1, 1],
+        shared_bytes: to_u32(attention_mass_smem_bytes(shape.head_dim), "shared bytes")?,
+    })
+}
+
+/// Element type of a cache tensor that move_slots / copy_blocks rewrite: K/V in a float dtype,
+/// or the slot metadata (`slot_pos` i32, `slot_score` f32 = `Float(F32)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheElem {
+    Float(KernelDtype),
+    I32,
+}
+
+impl CacheElem {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Float(d) => d.suffix(),
+            Self::I32 => "i32",
+        }
+    }
+}
+
+/// Slot moves: one thread per (move, element of the row), grid-stride, at most 4096 CTAs.
+pub fn move_slots_plan(elem: CacheElem, num_moves: usize, row: usize) -> Result<LaunchConfig, PlanError> {
+    if i32::try_from(num_moves).is_err() || i32::try_from(row).is_err() {
+        return err(format!("move_slots: {num_moves} moves of {row} elements exceed the kernel's int arguments"));
+    }
+    Ok(LaunchConfig {
+        kernel: format!("move_slots_{}", elem.suffix()),
+        grid: [to_u32((num_moves * row).div_ceil(256).clamp(1, 4096), "move grid")?, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// Block copies: grid.x = pair, grid.y CTAs of 256 threads share a block's `block_elems`
+/// elements (about 2048 each, at most 1024 CTAs per pair).
+pub fn copy_blocks_plan(elem: CacheElem, num_pairs: usize, block_elems: usize) -> Result<LaunchConfig, PlanError> {
+    Ok(LaunchConfig {
+        kernel: format!("copy_blocks_{}", elem.suffix()),
+        grid: [to_u32(num_pairs.max(1), "block pairs")?, to_u32(block_elems.div_ceil(2048).clamp(1, 1024), "copy grid")?, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +377,21 @@ mod tests {
         let e = prefill_plan(&shape(KernelDtype::F32, 9, 2, 16, 64), 10).unwrap_err();
         assert!(e.0.contains("multiple"), "{e}");
         assert!(decode_plan(&shape(KernelDtype::F32, 8, 2, 16, 64), 10, Some(0), 1).is_err());
+    }
+
+    #[test]
+    fn kv_policy_plans_name_their_instantiation_and_cover_the_work() {
+        let s = shape(KernelDtype::Bf16, 24, 3, 32, 128);
+        let p = attention_mass_plan(&s, 5, 700).unwrap();
+        assert_eq!((p.kernel.as_str(), p.grid), ("attention_mass_bf16_bs32_d128", [5, 3, 1]));
+        assert!(p.shared_bytes as usize <= MAX_SHARED_BYTES);
+        assert!(attention_mass_plan(&s, 0, 700).is_err());
+        assert!(attention_mass_plan(&shape(KernelDtype::F32, 8, 2, 8, 64), 1, 10).is_err(), "block size 8");
+        let p = move_slots_plan(CacheElem::I32, 1000, 1).unwrap();
+        assert_eq!((p.kernel.as_str(), p.grid[0]), ("move_slots_i32", 4));
+        assert_eq!(move_slots_plan(CacheElem::Float(KernelDtype::F16), 1 << 20, 128).unwrap().grid[0], 4096);
+        let p = copy_blocks_plan(CacheElem::Float(KernelDtype::F32), 7, 8 * 16 * 128).unwrap();
+        assert_eq!((p.kernel.as_str(), p.grid), ("copy_blocks_f32", [7, 8, 1]));
     }
 
     #[test]

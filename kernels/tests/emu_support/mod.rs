@@ -1,9 +1,12 @@
 //! Shared pieces of the emulation tests: moving candle tensors in and out of kernel buffers,
 //! tolerances, random paged-attention batches, and the launch sequences (argument lists in the
-//! kernels' parameter order, geometry from `plan`, the same as the device glue uses).
+//! kernels' parameter order, geometry from `plan`, the same as the device glue uses); the
+//! KV-policy kernels' pieces are in [`kv_policy`].
 //!
 //! Must not know: expected results. Every comparison is against the CPU ops of kvault-kernels.
 #![allow(dead_code)] // each test file uses a different subset
+
+pub mod kv_policy;
 
 use std::time::Duration;
 

@@ -43,3 +43,4 @@ inline __half __float2half_rn(float f) {
 }
 
 inline __half __float2half(float f) { return __float2half_rn(f); }
+inline __half __ushort_as_half(unsigned short bits) { return __half{bits}; }
