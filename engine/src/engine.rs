@@ -306,6 +306,23 @@ impl Engine {
             self.waiting.retain(|&w| w != chunk.id);
             self.running.push(chunk.id);
         }
+        // Budgeted requests that will evict copy their hit blocks rather than share them; done
+        // after every hit is attached, so these allocations cannot evict another's hit.
+        for chunk in decision.scheduled.iter().filter(|c| c.admitted && c.num_prefix_hit_tokens > 0) {
+            let Some(budget) = self.budgets.get_mut(&chunk.id) else { continue };
+            let private = self.kv.make_private_copies(chunk.id)?;
+            if private.copies.is_empty() {
+                self.kv.finish_private_copies(private)?;
+                continue;
+            }
+            let copied = self.runner.copy_blocks(&private.copies);
+            self.kv.finish_private_copies(private)?;
+            copied?;
+            let hit = self.seqs[&chunk.id].num_computed;
+            for head in budget.slots.layers.iter_mut().flatten() {
+                head.push_chunk(0, hit);
+            }
+        }
         for chunk in &decision.scheduled {
             self.kv.allocate_slots(chunk.id, chunk.num_new_tokens, &PrefixHit::none())?;
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use kvault_kernels::{AttentionMetadata, KvCacheShape, PagedKvCache};
+use kvault_kernels::{copy_blocks, AttentionMetadata, BlockCopies, KvCacheShape, PagedKvCache};
 use kvault_models::model::{AttentionObserver, CausalLm};
 
 /// One sequence's share of a batch.
@@ -48,8 +48,17 @@ impl ModelRunner {
         &self.model
     }
 
-    pub fn cache(&self) -> &PagedKvCache {
-        &self.cache
+    /// Copies whole blocks (`[source, copy]`) in every layer: a request's private copies of
+    /// prefix-cache blocks it will rewrite.
+    pub fn copy_blocks(&self, pairs: &[[u32; 2]]) -> Result<()> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let copies = BlockCopies::new(pairs.to_vec(), self.model.device())?;
+        for layer in &self.cache.layers {
+            copy_blocks(layer, &copies)?;
+        }
+        Ok(())
     }
 
     /// Runs the batch; returns, for each entry that wanted logits (in order), its f32 logits row.

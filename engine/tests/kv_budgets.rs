@@ -150,3 +150,28 @@ fn preempted_budgeted_requests_finish_and_free_everything() {
     assert!(engine.stats().preemptions > 0, "the pool was meant to force preemption");
     engine.check_idle().unwrap();
 }
+
+#[test]
+fn a_prompt_that_fits_the_budget_still_hits_the_prefix_cache_through_private_copies() {
+    let model = stories();
+    let prompt = prompts(&model, 8, 120).into_iter().find(|p| p.len() > 60).unwrap();
+    let params = greedy(80);
+    let budget = prompt.len() + 8; // the prompt fits; generation will evict
+    let streaming = KvPolicy::Streaming { budget, sink_tokens: 4 };
+    // What the streaming request produces without any cache.
+    let cold = EngineHandle::start(stories(), EngineConfig { enable_prefix_caching: false, ..config(512) }).unwrap();
+    let miss = run_with(&cold, &[(prompt.clone(), params.clone(), streaming)]).pop().unwrap();
+    assert!(miss.done.kv.tokens_evicted > 0);
+
+    let engine = EngineHandle::start(stories(), config(512)).unwrap();
+    let full = run_with(&engine, &[(prompt.clone(), params.clone(), KvPolicy::Full)]).pop().unwrap();
+    let hit = run_with(&engine, &[(prompt.clone(), params.clone(), streaming)]).pop().unwrap();
+    let bs = engine.info().block_size;
+    assert_eq!(hit.done.usage.cached_tokens, (prompt.len() - 1) / bs * bs, "the budgeted request hits the cache");
+    assert_eq!(hit.ids, miss.ids, "a hit is a bit-exact copy of the prefix");
+    // The evicting request rewrote its copies, never the cached blocks: full still hits and matches.
+    let again = run_with(&engine, &[(prompt.clone(), params.clone(), KvPolicy::Full)]).pop().unwrap();
+    assert_eq!(again.done.usage.cached_tokens, hit.done.usage.cached_tokens);
+    assert_eq!(again.ids, full.ids);
+    engine.check_idle().unwrap();
+}

@@ -173,7 +173,9 @@ fn fit(w: &RequestView, bs: usize, budget: usize, free: usize) -> Option<Fit> {
     let hit_blocks = hit / bs;
     let hit_from_free = w.prefix_hit_free_blocks.min(hit_blocks);
     let new = (w.num_tokens - hit).min(budget).min(max_chunk(w.kv_token_cap));
-    let fresh = step_blocks(hit, new, w.kv_token_cap, bs).saturating_sub(hit_blocks);
+    // A capped request will rewrite its slots, so it gets private copies of its hit blocks.
+    let shared = if w.kv_token_cap.is_some() { 0 } else { hit_blocks };
+    let fresh = step_blocks(hit, new, w.kv_token_cap, bs).saturating_sub(shared);
     let f = Fit { hit, hit_from_free, new, fresh };
     (new > 0 && f.taken() <= free).then_some(f)
 }

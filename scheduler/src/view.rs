@@ -11,7 +11,10 @@
 //!    list is oldest-first, so prepending it as one block preserves arrival order);
 //! 2. for every admitted chunk, take its `num_prefix_hit_tokens / block_size` prefix-hit blocks
 //!    (touching them before any fresh allocation, so no fresh allocation can evict them);
-//! 3. allocate `new_blocks` fresh blocks per chunk, in the order given.
+//! 3. allocate `new_blocks` fresh blocks per chunk, in the order given. A request with a
+//!    `kv_token_cap` does not share its hit blocks (its eviction rewrites slots): its
+//!    `new_blocks` include a private copy of each, after which the hit blocks go back to the
+//!    free queue.
 //!
 //! The scheduler guarantees `Σ (new_blocks + hit_blocks_from_free) ≤ free_blocks +
 //! Σ exclusive_blocks(preempted)`, so no allocation in steps 2–3 can fail. `hit_blocks_from_free`

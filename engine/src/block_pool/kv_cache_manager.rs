@@ -84,9 +84,23 @@ struct RequestBlocks {
     /// Positions computed and then evicted (a capped request's tokens no slot holds any more).
     num_evicted: usize,
     num_cached_blocks: usize,
+    /// Its hashes are kept, so it can look up prefix hits.
     hashable: bool,
+    /// Its full blocks are registered in the prefix cache (false for a capped request, whose
+    /// slots will be rewritten by eviction).
+    publishes: bool,
     /// Tokens kept per KV head per layer between steps (`None`: everything).
     cap: Option<usize>,
+}
+
+/// Blocks a capped request got from the prefix cache, being replaced by private copies: its
+/// table already names the copies; the cache's blocks stay referenced until
+/// [`KvCacheManager::finish_private_copies`], which must follow in the same step once the
+/// caller has copied their contents (`copies`: `[source, copy]`).
+#[must_use = "finish_private_copies releases the cache's blocks"]
+#[derive(Debug)]
+pub struct PrivateCopies {
+    pub copies: Vec<[BlockId; 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +161,7 @@ impl KvCacheManager {
             num_evicted: 0,
             num_cached_blocks: 0,
             hashable: true,
+            publishes: true,
             cap: None,
         };
         self.rehash(&mut req);
@@ -161,6 +176,11 @@ impl KvCacheManager {
             .remove(&id)
             .ok_or(KvCacheError::UnknownRequest(id))?;
         req.tokens.extend_from_slice(tokens);
+        if req.cap.is_some_and(|c| req.tokens.len() > c) {
+            // Longer than its budget: a future hit could not fit in it; stop hashing.
+            req.hashable = false;
+            req.hashes.clear();
+        }
         self.rehash(&mut req);
         self.requests.insert(id, req);
         Ok(())
@@ -317,7 +337,7 @@ impl KvCacheManager {
         let Some(req) = self.requests.get_mut(&id) else {
             return Err(KvCacheError::UnknownRequest(id));
         };
-        if !req.hashable || !self.pool.caching_enabled() {
+        if !req.hashable || !req.publishes || !self.pool.caching_enabled() {
             return Ok(());
         }
         let full = (req.num_slotted / bs).min(req.hashes.len());
@@ -351,15 +371,48 @@ impl KvCacheManager {
         Ok(())
     }
 
-    /// Gives a registered request that holds no blocks a token cap (a KV budget), and stops
-    /// hashing it: once it evicts, its slots no longer hold the tokens its blocks would hash to.
+    /// Gives a registered request that holds no blocks a token cap (a KV budget). Its blocks are
+    /// never published in the prefix cache (once it evicts, its slots no longer hold the tokens
+    /// they would hash to); while its tokens fit the cap it may still take prefix hits, as
+    /// private copies (`make_private_copies`).
     pub fn set_token_cap(&mut self, id: RequestId, cap: usize) -> Result<(), KvCacheError> {
         let req = self.requests.get_mut(&id).ok_or(KvCacheError::UnknownRequest(id))?;
         if !req.blocks.is_empty() || cap == 0 {
             return Err(KvCacheError::CapOnLiveRequest(id));
         }
         req.cap = Some(cap);
-        self.disable_caching(id)
+        req.publishes = false;
+        if req.tokens.len() > cap {
+            req.hashable = false;
+            req.hashes.clear();
+        }
+        Ok(())
+    }
+
+    /// Copy-on-write of a capped request's prefix hit, right after `allocate_slots` attached it:
+    /// allocates one fresh block per hit block and points the table at them. The caller copies
+    /// each `[source, copy]` pair's contents, then calls `finish_private_copies`. Uncapped
+    /// requests share hits and get no copies. On error nothing has changed.
+    pub fn make_private_copies(&mut self, id: RequestId) -> Result<PrivateCopies, KvCacheError> {
+        let req = self.requests.get(&id).ok_or(KvCacheError::UnknownRequest(id))?;
+        if req.cap.is_none() || req.num_cached_blocks == 0 {
+            return Ok(PrivateCopies { copies: Vec::new() });
+        }
+        let n = req.num_cached_blocks;
+        let fresh = self.pool.allocate(n)?;
+        let Some(req) = self.requests.get_mut(&id) else { return Err(KvCacheError::UnknownRequest(id)) };
+        let copies = req.blocks[..n].iter().zip(&fresh).map(|(&src, &dst)| [src, dst]).collect();
+        req.blocks[..n].copy_from_slice(&fresh);
+        req.num_cached_blocks = 0;
+        Ok(PrivateCopies { copies })
+    }
+
+    /// Releases the prefix cache's blocks once their contents were copied (they stay cached and
+    /// hittable by others).
+    pub fn finish_private_copies(&mut self, private: PrivateCopies) -> Result<(), KvCacheError> {
+        let sources: Vec<BlockId> = private.copies.iter().rev().map(|c| c[0]).collect();
+        self.pool.free_blocks(&sources)?;
+        Ok(())
     }
 
     /// After a step: a capped request's policy kept `cap` tokens of the `held` it attended, so

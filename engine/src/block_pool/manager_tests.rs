@@ -335,3 +335,39 @@ fn disabled_prefix_caching_never_hits() {
     m.remove_request(1).expect("known");
     assert_eq!(prefill(&mut m, 2, &prompt), PrefixHit::none());
 }
+
+#[test]
+fn a_capped_request_copies_its_hit_never_publishes_and_frees_past_its_budget() {
+    let mut m = manager(12);
+    let prompt: Vec<u32> = (0..10).collect();
+    prefill(&mut m, 1, &prompt);
+    let shared = table(&m, 1);
+    // Request 2 has a cap of 12 tokens: its 10-token prompt fits, so it may hit the cache.
+    m.add_request(2, &prompt, ExtraKeys::none()).expect("new id");
+    m.set_token_cap(2, 12).expect("holds no blocks");
+    let hit = m.computed_blocks(2).expect("known");
+    assert_eq!(hit.blocks, shared[..2].to_vec());
+    m.allocate_slots(2, 0, &hit).expect("fits");
+    let private = m.make_private_copies(2).expect("two free blocks");
+    assert_eq!(private.copies.iter().map(|c| c[0]).collect::<Vec<_>>(), shared[..2].to_vec());
+    let copies: Vec<BlockId> = private.copies.iter().map(|c| c[1]).collect();
+    m.finish_private_copies(private).expect("release");
+    assert_eq!(table(&m, 2), copies, "the table names the copies");
+    assert!(copies.iter().all(|b| !shared.contains(b)));
+    assert_eq!(m.pool().ref_count(shared[0]), Some(1), "only request 1 holds the cached block again");
+    m.check_invariants().expect("consistent");
+    // Its own full blocks are never published: a third request with the same longer prompt
+    // hits only request 1's blocks.
+    m.allocate_slots(2, 2, &PrefixHit::none()).expect("fits");
+    m.append_tokens(2, &[90, 91, 92, 93, 94, 95]).expect("known");
+    m.allocate_slots(2, 4, &PrefixHit::none()).expect("fits");
+    assert_eq!(m.num_slotted_tokens(2), Some(14));
+    // After the step the evictor kept 12 slots: blocks past 3 go back to the pool.
+    let free_before = m.num_free_blocks();
+    assert_eq!(m.trim(2), Ok(2));
+    assert_eq!(table(&m, 2).len(), 3);
+    assert_eq!(m.num_free_blocks(), free_before + 1);
+    let longer: Vec<u32> = (0..10).chain([90, 91, 92, 93, 94]).collect();
+    assert_eq!(m.find_prefix_hit(&longer, &ExtraKeys::none()).blocks, shared[..2].to_vec());
+    m.check_invariants().expect("consistent");
+}

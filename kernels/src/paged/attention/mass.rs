@@ -53,6 +53,9 @@ pub fn attention_mass(
     if meta.block_size() != shape.block_size || meta.host.max_block_id as usize >= shape.num_blocks {
         bail!("attention_mass: the metadata does not fit the cache")
     }
+    if !softmax_scale.is_finite() {
+        bail!("attention_mass: softmax_scale must be finite, got {softmax_scale}")
+    }
     if voters.is_empty() {
         bail!("attention_mass: no voters (skip the call when no request needs attention sums)")
     }
