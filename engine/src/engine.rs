@@ -18,6 +18,7 @@ use crate::events::{FinishReason, TokenLogprob};
 pub use crate::info::EngineInfo;
 use crate::kv_policy::evictor::{BudgetedSeq, Evictor};
 use crate::kv_policy::{Chunk, RequestBudget};
+use crate::kv_state::{KvState, RequestKvState, RequestPhase};
 use crate::model_runner::{BatchEntry, ModelRunner};
 use crate::request::NewRequest;
 use crate::sampler::sample;
@@ -476,7 +477,35 @@ impl Engine {
         self.stats.set_queues(self.running.len(), self.waiting.len());
         let held: usize = self.running.iter().filter_map(|&id| self.kv.num_slotted_tokens(id)).sum();
         self.stats.set_kv_tokens_held(held);
+        self.stats.set_kv_state(self.kv_state());
         self.stats.set_blocks(self.info.num_blocks, self.kv.num_free_blocks());
+    }
+
+    fn kv_state(&self) -> KvState {
+        let request = |&id: &u64, phase| {
+            let seq = self.seqs.get(&id)?;
+            Some(RequestKvState {
+                id,
+                phase,
+                policy: seq.kv,
+                prompt_tokens: seq.prompt_len,
+                output_tokens: seq.num_output(),
+                computed_tokens: seq.num_computed,
+                tokens_held: self.kv.num_slotted_tokens(id).unwrap_or(0),
+                blocks_held: self.kv.block_table(id).map_or(0, <[u32]>::len),
+                cached_tokens: seq.cached_tokens.unwrap_or(0),
+                tokens_evicted: seq.kv_report.tokens_evicted,
+            })
+        };
+        let running = self.running.iter().filter_map(|id| request(id, RequestPhase::Running));
+        let waiting = self.waiting.iter().filter_map(|id| request(id, RequestPhase::Waiting));
+        KvState {
+            block_size: self.info.block_size,
+            total_blocks: self.info.num_blocks,
+            free_blocks: self.kv.num_free_blocks(),
+            free_cached_blocks: self.kv.pool().num_free_cached_blocks(),
+            requests: running.chain(waiting).collect(),
+        }
     }
 
     /// For tests: every block free and nothing referenced.

@@ -18,6 +18,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::engine::{Engine, EngineConfig};
 use crate::info::EngineInfo;
+use crate::kv_state::KvState;
 use crate::sink::EventSink;
 use crate::events::RequestEvent;
 use crate::request::{NewRequest, SubmitError};
@@ -75,6 +76,11 @@ impl EngineHandle {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+
+    /// Where the KV memory is, as of the last engine step.
+    pub fn kv_state(&self) -> KvState {
+        self.stats.kv_state()
     }
 
     /// Validates and queues a request; its events arrive on the returned stream.

@@ -13,6 +13,7 @@ pub mod events;
 pub mod handle;
 pub mod info;
 pub mod kv_policy;
+pub mod kv_state;
 pub mod model_runner;
 pub mod request;
 pub mod sampler;

@@ -1,11 +1,15 @@
 //! Counters the engine keeps for observers (the server's /metrics, progress bars, tests).
 //!
-//! Owns: lock-free gauges and counters, written by the engine thread, read from anywhere.
+//! Owns: lock-free gauges and counters, written by the engine thread, read from anywhere, and
+//! the latest [`KvState`] picture.
 //! Must not know: Prometheus or any exporter format (the cli crate renders them).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use parking_lot::Mutex;
+
 use crate::kv_policy::KvPolicyKind;
+use crate::kv_state::KvState;
 
 const POLICIES: usize = KvPolicyKind::ALL.len();
 
@@ -30,6 +34,8 @@ pub struct EngineStats {
     kv_evicted_tokens: [AtomicU64; POLICIES],
     /// KV tokens held by running requests, per KV head per layer, summed over requests.
     kv_tokens_held: AtomicU64,
+    /// Replaced whole after every step (readers copy it; the engine never waits for them long).
+    kv_state: Mutex<KvState>,
 }
 
 /// One KV policy's counters.
@@ -87,6 +93,15 @@ impl EngineStats {
                 .collect(),
             kv_tokens_held: self.kv_tokens_held.load(Relaxed),
         }
+    }
+
+    /// Where the KV memory is, as of the last step.
+    pub fn kv_state(&self) -> KvState {
+        self.kv_state.lock().clone()
+    }
+
+    pub(crate) fn set_kv_state(&self, state: KvState) {
+        *self.kv_state.lock() = state;
     }
 
     pub(crate) fn add_kv_request(&self, policy: KvPolicyKind) {

@@ -175,3 +175,27 @@ fn a_prompt_that_fits_the_budget_still_hits_the_prefix_cache_through_private_cop
     assert_eq!(again.ids, full.ids);
     engine.check_idle().unwrap();
 }
+
+#[test]
+fn kv_state_shows_each_running_request_and_a_free_pool_after() {
+    let model = stories();
+    let prompt = prompts(&model, 4, 200).pop().unwrap();
+    let engine = EngineHandle::start(model, config(64)).unwrap();
+    let kv = KvPolicy::Streaming { budget: 32, sink_tokens: 4 };
+    let mut stream = submit(&engine, &prompt, &greedy(40), kv);
+    // Wait for a few tokens: the request is running and has evicted.
+    for _ in 0..3 {
+        stream.blocking_next().unwrap();
+    }
+    let state = engine.kv_state();
+    let me = state.requests.iter().find(|r| r.id == stream.id()).expect("listed while it runs");
+    assert_eq!((me.policy, me.prompt_tokens), (kv, prompt.len()));
+    assert!(me.tokens_held <= 33 && me.blocks_held <= footprint::peak_blocks(32, 16), "{me:?}");
+    assert!(me.tokens_evicted > 0 && me.computed_tokens > me.tokens_held);
+    assert_eq!(state.used_blocks(), me.blocks_held);
+    collect(stream);
+    let state = engine.kv_state();
+    assert!(state.requests.is_empty());
+    assert_eq!(state.free_blocks, state.total_blocks);
+    engine.check_idle().unwrap();
+}

@@ -142,6 +142,11 @@ impl BlockPool {
         self.cached.values().map(Vec::len).sum()
     }
 
+    /// Free blocks that still hold a hash: reusable by a prefix hit until reallocated.
+    pub fn num_free_cached_blocks(&self) -> usize {
+        self.blocks.iter().filter(|b| b.ref_cnt == 0 && b.cached.is_some()).count()
+    }
+
     /// Free block ids in eviction order (first = reused next). For diagnostics and tests.
     pub fn free_order(&self) -> Vec<BlockId> {
         self.free.iter().collect()
