@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod kv;
 mod prompt;
 
 use clap::{Parser, Subcommand};

@@ -287,3 +287,35 @@ fn serve_benchmark_follows_the_served_models_tokenizer_when_it_is_a_local_path()
     assert_eq!(number_after(&out, "Total input tokens:"), 48.0, "{out}");
     assert_eq!(read_json(&result)["total_output_tokens"], 6);
 }
+
+#[test]
+fn throughput_and_latency_name_the_kv_policy_in_their_header_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("tp.json");
+    let o = kvault(&[
+        "bench", "throughput", "--input-len", "32", "--output-len", "4", "--num-prompts", "2",
+        "--kv-policy", "streaming", "--kv-budget", "48", "--kv-sink-tokens", "2", "--output-json", json.to_str().unwrap(),
+    ]);
+    let out = assert_ok(&o);
+    assert_eq!(out.lines().next(), Some("KV policy: streaming (budget 48, sinks 2)"), "{out}");
+    assert_eq!(number_after(&out, "Total num output tokens:"), 8.0);
+    let kv = &read_json(&json)["kv_policy"];
+    assert_eq!((kv["policy"].as_str(), kv["budget"].as_u64(), kv["sink_tokens"].as_u64()), (Some("streaming"), Some(48), Some(2)), "{kv}");
+    let o = kvault(&["bench", "throughput", "--input-len", "16", "--output-len", "2", "--num-prompts", "1"]);
+    assert_eq!(assert_ok(&o).lines().next(), Some("KV policy: full"));
+
+    let json = dir.path().join("lat.json");
+    let o = kvault(&[
+        "bench", "latency", "--input-len", "16", "--output-len", "4", "--num-iters", "1", "--num-iters-warmup", "0",
+        "--kv-policy", "h2o", "--kv-budget", "64", "--output-json", json.to_str().unwrap(),
+    ]);
+    let out = assert_ok(&o);
+    let cells = |l: &str| l.split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    let header = cells(out.lines().next().unwrap());
+    let column = header.iter().position(|c| c == "kv policy").unwrap_or_else(|| panic!("no kv policy column:\n{out}"));
+    for row in out.lines().skip(2) {
+        assert_eq!(cells(row)[column], "h2o (budget 64, recent 32)", "{out}");
+    }
+    let kv = &read_json(&json)["kv_policy"];
+    assert_eq!((kv["policy"].as_str(), kv["budget"].as_u64(), kv["recent_window"].as_u64()), (Some("h2o"), Some(64), Some(32)), "{kv}");
+}

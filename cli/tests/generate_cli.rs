@@ -254,3 +254,203 @@ fn a_cuda_device_without_cuda_support_is_a_clear_error() {
     let o = kvault(&["generate", "--device", "tpu", "--max-tokens", "4"]);
     assert_clean_error(&o, &["--device tpu", "cuda:N"]);
 }
+
+/// Bad `--kv-*` values and combinations, each with the flag its error must name.
+const BAD_KV_FLAGS: &[(&[&str], &str)] = &[
+    (&["--kv-policy", "lru"], "--kv-policy"),
+    (&["--kv-policy", "h2o"], "--kv-budget"),
+    (&["--kv-policy", "h2o", "--kv-budget", "0"], "--kv-budget"),
+    (&["--kv-policy", "h2o", "--kv-budget", "-8"], "--kv-budget"),
+    (&["--kv-policy", "h2o", "--kv-budget", "many"], "--kv-budget"),
+    (&["--kv-budget", "64"], "--kv-budget"),
+    (&["--kv-policy", "full", "--kv-budget", "64"], "--kv-budget"),
+    (&["--kv-policy", "streaming", "--kv-budget", "4", "--kv-sink-tokens", "4"], "--kv-budget"),
+    (&["--kv-policy", "h2o", "--kv-budget", "16", "--kv-recent-window", "32"], "--kv-budget"),
+    (&["--kv-policy", "snapkv", "--kv-budget", "16", "--kv-snapkv-window", "32"], "--kv-budget"),
+    (&["--kv-policy", "snapkv", "--kv-budget", "64", "--kv-snapkv-window", "0"], "--kv-snapkv-window"),
+    (&["--kv-policy", "snapkv", "--kv-budget", "64", "--kv-snapkv-kernel", "4"], "--kv-snapkv-kernel"),
+    (&["--kv-policy", "snapkv", "--kv-budget", "64", "--kv-snapkv-pooling", "median"], "--kv-snapkv-pooling"),
+    (&["--kv-policy", "streaming", "--kv-budget", "64", "--kv-sink-tokens", "-1"], "--kv-sink-tokens"),
+    (&["--kv-policy", "h2o", "--kv-budget", "64", "--kv-sink-tokens", "4"], "--kv-sink-tokens"),
+    (&["--kv-policy", "streaming", "--kv-budget", "64", "--kv-recent-window", "8"], "--kv-recent-window"),
+    (&["--kv-policy", "h2o", "--kv-budget", "64", "--kv-snapkv-window", "8"], "--kv-snapkv-window"),
+    (&["--kv-policy", "streaming", "--kv-budget", "64", "--kv-snapkv-kernel", "3"], "--kv-snapkv-kernel"),
+    (&["--kv-policy", "h2o", "--kv-budget", "64", "--kv-snapkv-pooling", "max"], "--kv-snapkv-pooling"),
+];
+
+/// Exactly one `error` line, naming `flag` in its flag spelling (never the request field's).
+fn assert_kv_flag_error(o: &Output, flag: &str, context: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success() && !err.contains("panicked"), "{context}: expected a clean failure: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "{context}: one error line: {err}");
+    assert!(lines[0].contains(flag) && !lines[0].contains("kv_"), "{context}: {:?} should name {flag}", lines[0]);
+}
+
+#[test]
+fn bad_kv_flags_are_one_line_errors_naming_the_flag_on_every_command() {
+    for (args, flag) in BAD_KV_FLAGS {
+        let mut all = vec!["generate", "hi"];
+        all.extend_from_slice(args);
+        assert_kv_flag_error(&kvault(&all), flag, &format!("{all:?}"));
+    }
+    let commands: [&[&str]; 5] = [&["generate", "hi"], &["chat"], &["serve", "--port", "0"], &["bench", "throughput"], &["bench", "latency"]];
+    for command in commands {
+        for (args, flag) in [BAD_KV_FLAGS[0], BAD_KV_FLAGS[2], BAD_KV_FLAGS[7], BAD_KV_FLAGS[14]] {
+            let all: Vec<&str> = command.iter().chain(args.iter()).copied().collect();
+            let o = kvault(&all);
+            assert_kv_flag_error(&o, flag, &format!("{all:?}"));
+            assert!(!stderr(&o).contains("listening on"), "{all:?}: checked before anything starts");
+        }
+    }
+}
+
+/// The `KV …` part of generate's stats line.
+fn kv_stats(o: &Output) -> String {
+    let err = stderr(o);
+    let line = err.lines().find(|l| l.starts_with("[prompt ")).unwrap_or_else(|| panic!("no stats line: {err}"));
+    let at = line.find("; KV ").unwrap_or_else(|| panic!("no KV part in {line:?}"));
+    line[at + 2..].trim_end_matches(']').to_string()
+}
+
+/// "peak N tokens held, M evicted" → (N, M).
+fn peak_and_evicted(stats: &str) -> (usize, usize) {
+    let rest = stats.split(": peak ").nth(1).unwrap_or_else(|| panic!("no peak in {stats:?}"));
+    let (peak, rest) = rest.split_once(" tokens held, ").unwrap_or_else(|| panic!("{stats:?}"));
+    let evicted = rest.strip_suffix(" evicted").unwrap_or_else(|| panic!("{stats:?}"));
+    (peak.parse().unwrap(), evicted.parse().unwrap())
+}
+
+#[test]
+fn the_kv_policy_reaches_the_engine_and_the_stats_line() {
+    let greedy = ["generate", "Once upon a time", "--temperature", "0", "--max-tokens", "24", "--ignore-eos"];
+    let full = kvault(&greedy);
+    assert!(full.status.success(), "{}", stderr(&full));
+    assert_eq!(kv_stats(&full), "KV full");
+    let runs: [(&[&str], &str); 4] = [
+        (&["--kv-policy", "full"], "KV full"),
+        (&["--kv-policy", "streaming", "--kv-budget", "64", "--kv-sink-tokens", "2"], "KV streaming (budget 64, sinks 2): peak "),
+        (&["--kv-policy", "h2o", "--kv-budget", "64"], "KV h2o (budget 64, recent 32): peak "),
+        (
+            &["--kv-policy", "snapkv", "--kv-budget", "48", "--kv-snapkv-window", "8", "--kv-snapkv-kernel", "3", "--kv-snapkv-pooling", "max"],
+            "KV snapkv (budget 48, window 8, max-pool 3): peak ",
+        ),
+    ];
+    for (kv, expected) in runs {
+        let args: Vec<&str> = greedy.iter().chain(kv.iter()).copied().collect();
+        let o = kvault(&args);
+        assert!(o.status.success(), "{kv:?}: {}", stderr(&o));
+        assert!(kv_stats(&o).starts_with(expected), "{kv:?}: {:?}", kv_stats(&o));
+        if kv.len() > 2 {
+            // 5 prompt + 24 generated tokens stay under every budget: nothing to evict, same text.
+            assert_eq!(peak_and_evicted(&kv_stats(&o)).1, 0, "{kv:?}");
+        }
+        assert_eq!(o.stdout, full.stdout, "{kv:?}: a budget never reached changes nothing");
+    }
+}
+
+/// Needs the engine's eviction: a budget of 32 under a ~100-token prompt drops tokens.
+#[test]
+fn a_budget_smaller_than_the_sequence_evicts_and_says_so() {
+    let prompt = "Once upon a time, there was a little girl named Lily. She loved to play outside. ".repeat(4);
+    for kv in [
+        &["--kv-policy", "streaming", "--kv-budget", "32"][..],
+        &["--kv-policy", "h2o", "--kv-budget", "32"],
+        &["--kv-policy", "snapkv", "--kv-budget", "32", "--kv-snapkv-window", "8"],
+    ] {
+        let mut args = vec!["generate", prompt.as_str(), "--temperature", "0", "--max-tokens", "48", "--ignore-eos"];
+        args.extend_from_slice(kv);
+        let o = kvault(&args);
+        assert!(o.status.success(), "{kv:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        let n_prompt: usize = err.split("[prompt ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap();
+        assert!(n_prompt > 32, "the prompt alone exceeds the budget: {err}");
+        let (peak, evicted) = peak_and_evicted(&kv_stats(&o));
+        assert!(evicted > 0, "{kv:?}: nothing evicted: {err}");
+        assert!(peak < n_prompt + 48, "{kv:?}: peak {peak} should stay under the {} tokens of the sequence", n_prompt + 48);
+    }
+}
+
+/// Needs the engine's check: a budget the KV cache could never hold is refused, naming the flag.
+#[test]
+fn a_budget_larger_than_the_cache_is_an_error_naming_the_flag() {
+    let o = kvault(&["generate", "hi", "--max-tokens", "4", "--num-blocks", "16", "--kv-policy", "h2o", "--kv-budget", "100000"]);
+    assert_kv_flag_error(&o, "--kv-budget", "budget over a 256-token cache");
+}
+
+fn run_batch(lines: &[serde_json::Value], flags: &[&str]) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, body).unwrap();
+    let output = dir.path().join("out.jsonl");
+    let mut args = vec!["generate", "--input-file", input.to_str().unwrap(), "--output-file", output.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let o = kvault(&args);
+    (o, dir)
+}
+
+#[test]
+fn batch_lines_overlay_their_kv_fields_on_the_flags() {
+    use serde_json::json;
+    let line = |kv: serde_json::Value| {
+        let mut l = json!({"prompt": "Once upon a time", "max_tokens": 20, "temperature": 0, "ignore_eos": true});
+        l.as_object_mut().unwrap().extend(kv.as_object().unwrap().clone());
+        l
+    };
+    let lines = [
+        line(json!({})),
+        line(json!({"kv_budget": 48, "kv_recent_window": 8})),
+        line(json!({"kv_policy": "streaming", "kv_sink_tokens": 2})),
+        line(json!({"kv_policy": "snapkv", "kv_snapkv_window": 16, "kv_snapkv_pooling": "max"})),
+        line(json!({"kv_policy": "full"})),
+    ];
+    let (o, dir) = run_batch(&lines, &["--kv-policy", "h2o", "--kv-budget", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected = [
+        json!({"policy": "h2o", "budget": 64, "recent_window": 32}),
+        json!({"policy": "h2o", "budget": 48, "recent_window": 8}),
+        json!({"policy": "streaming", "budget": 64, "sink_tokens": 2}),
+        json!({"policy": "snapkv", "budget": 64, "snapkv_window": 16, "snapkv_kernel": 5, "snapkv_pooling": "max"}),
+        json!({"policy": "full"}),
+    ];
+    assert_eq!(out.len(), expected.len());
+    for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
+        for (k, v) in want.as_object().unwrap() {
+            assert_eq!(&got["kv"][k], v, "line {i} kv.{k}: {got}");
+        }
+        assert!(got["kv"]["description"].is_string() && got["kv"]["tokens_evicted"].is_u64(), "line {i}: {got}");
+        // 5 + 20 tokens never reach a budget: every policy gives the full-cache text.
+        assert_eq!(got["text"], out[4]["text"], "line {i}");
+        assert_eq!(got["usage"]["completion_tokens"], 20, "usage unchanged: {got}");
+    }
+}
+
+#[test]
+fn a_batch_line_with_bad_kv_fields_fails_before_generating_naming_line_and_field() {
+    use serde_json::json;
+    let good = json!({"prompt": "hi", "max_tokens": 2});
+    let cases = [
+        (json!({"prompt": "hi", "kv_policy": "lru"}), "kv_policy"),
+        (json!({"prompt": "hi", "kv_policy": "h2o"}), "kv_budget"),
+        (json!({"prompt": "hi", "kv_policy": "h2o", "kv_budget": 0}), "kv_budget"),
+        (json!({"prompt": "hi", "kv_budget": "64"}), "kv_budget"),
+        (json!({"prompt": "hi", "kv_budget": -1}), "kv_budget"),
+        (json!({"prompt": "hi", "kv_policy": "h2o", "kv_budget": 64, "kv_sink_tokens": 4}), "kv_sink_tokens"),
+        (json!({"prompt": "hi", "kv_policy": "snapkv", "kv_budget": 64, "kv_snapkv_pooling": "median"}), "kv_snapkv_pooling"),
+        (json!({"prompt": "hi", "kv_policy": "snapkv", "kv_budget": 64, "kv_snapkv_kernel": 2}), "kv_snapkv_kernel"),
+    ];
+    for (bad, field) in cases {
+        let (o, dir) = run_batch(&[good.clone(), bad.clone()], &[]);
+        assert_clean_error(&o, &["in.jsonl:2", field]);
+        assert!(!dir.path().join("out.jsonl").exists(), "{bad}: nothing is generated");
+    }
+    // A line's own field overrides the flag it overlays.
+    let (o, _dir) = run_batch(&[json!({"prompt": "hi", "max_tokens": 2, "kv_budget": 16})], &["--kv-policy", "h2o", "--kv-budget", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

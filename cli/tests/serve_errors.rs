@@ -6,19 +6,7 @@ mod serve_support;
 use std::thread;
 
 use serde_json::{json, Value};
-use serve_support::{text_of_chunks, Server};
-
-/// `{"error": {"message", "type", "param", "code"}}` with a non-empty message.
-fn assert_error(status: u16, body: &Value, want_status: u16, want_param: Option<&str>, context: &str) {
-    assert_eq!(status, want_status, "{context}: {body}");
-    let e = &body["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{context}: message: {body}");
-    assert!(e["type"].is_string(), "{context}: type: {body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{context}: param and code keys: {body}");
-    if let Some(p) = want_param {
-        assert_eq!(e["param"], p, "{context}: {body}");
-    }
-}
+use serve_support::{assert_error, text_of_chunks, Server};
 
 #[test]
 fn invalid_requests_get_openai_errors_without_disturbing_a_running_stream() {

@@ -1,5 +1,6 @@
 //! The official `openai` Python SDK drives `kvault serve` (cli/tests/openai_sdk/): completions
-//! and chat, streaming and not, n, logprobs, stop, seeds, include_usage, 32 async streams.
+//! and chat, streaming and not, n, logprobs, stop, seeds, include_usage, the `kv_*` policy
+//! fields through `extra_body` (and their 400s), 32 async streams.
 //! The SDK lives in a virtualenv made by scripts/install-openai-venv.sh; scripts/test.sh runs it
 //! and exports KVAULT_TEST_PYTHON.
 

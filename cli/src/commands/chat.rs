@@ -12,6 +12,7 @@ use kvault_engine::request::NewRequest;
 use kvault_models::chat_template::ChatMessage;
 
 use crate::args::{EngineArgs, ModelArgs, SamplingArgs};
+use crate::kv::{self, KvArgs};
 use crate::prompt;
 
 #[derive(Args, Debug)]
@@ -22,6 +23,8 @@ pub struct ChatArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// System prompt.
     #[arg(long)]
     pub system: Option<String>,
@@ -31,6 +34,7 @@ pub struct ChatArgs {
 }
 
 pub fn run(args: ChatArgs) -> Result<()> {
+    let kv_policy = args.kv.resolve()?;
     let loaded = args.model.load()?;
     let engine = EngineHandle::start(loaded, args.engine.config(0))?;
     let info = engine.info().clone();
@@ -64,11 +68,13 @@ pub fn run(args: ChatArgs) -> Result<()> {
         }
         history.push(prompt::message("user", text));
         let ids = prompt::encode_chat(&info, template.as_ref(), &history)?;
-        let reply = match engine.submit(NewRequest::new(ids, args.sampling.params())) {
+        let mut request = NewRequest::new(ids, args.sampling.params());
+        request.kv = kv_policy;
+        let reply = match engine.submit(request) {
             Ok(mut stream) => stream_reply(&mut stream)?,
             Err(e) => {
                 // A conversation that outgrew the context is not fatal: say so and let the user reset.
-                eprintln!("error: {e}");
+                eprintln!("error: {:#}", kv::submit_error(e));
                 history.pop();
                 continue;
             }

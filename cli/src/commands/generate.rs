@@ -7,11 +7,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kvault_engine::events::RequestEvent;
+use kvault_engine::events::{KvReport, RequestEvent};
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::request::NewRequest;
 
 use crate::args::{EngineArgs, ModelArgs, SamplingArgs};
+use crate::kv::{self, KvArgs};
 use crate::prompt;
 
 /// Used when no prompt is given and stdin has none, so `kvault generate` alone shows the engine.
@@ -28,6 +29,8 @@ pub struct GenerateArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Format the prompt as a user message with the model's chat template.
     #[arg(long)]
     pub chat: bool,
@@ -38,7 +41,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub chat_template: Option<PathBuf>,
     /// Batch mode: a JSONL file of requests ({"prompt": ...} or {"messages": [...]}, plus
-    /// optional sampling fields); writes one result line per request to --output-file.
+    /// optional sampling and `kv_*` fields over the flags); writes one result line per request to --output-file.
     #[arg(long, requires = "output_file", conflicts_with = "prompt")]
     pub input_file: Option<PathBuf>,
     /// Where batch mode writes its results (JSONL, input order).
@@ -50,6 +53,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    let kv_policy = args.kv.resolve()?;
     if let (Some(input), Some(output)) = (&args.input_file, &args.output_file) {
         return crate::commands::generate_batch::run(&args, input, output);
     }
@@ -70,7 +74,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let n_prompt = prompt_ids.len();
     let started = Instant::now();
-    let mut stream = engine.submit(NewRequest::new(prompt_ids, args.sampling.params()))?;
+    let mut request = NewRequest::new(prompt_ids, args.sampling.params());
+    request.kv = kv_policy;
+    let mut stream = engine.submit(request).map_err(kv::submit_error)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let (mut first, mut last, mut generated) = (None, started, 0usize);
@@ -87,7 +93,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 out.write_all(done.trailing_text.as_bytes())?;
                 out.flush()?;
                 if !args.quiet {
-                    print_stats(n_prompt, started, first, last, generated, done.reason.as_str());
+                    print_stats(n_prompt, started, first, last, generated, done.reason.as_str(), &done.kv);
                 }
                 break;
             }
@@ -117,16 +123,17 @@ fn read_prompt(arg: Option<&str>) -> Result<String> {
     Ok(DEFAULT_PROMPT.to_string())
 }
 
-fn print_stats(n_prompt: usize, started: Instant, first: Option<Instant>, last: Instant, generated: usize, reason: &str) {
+fn print_stats(n_prompt: usize, started: Instant, first: Option<Instant>, last: Instant, generated: usize, reason: &str, kv: &KvReport) {
+    let kv = kv::report_summary(kv);
     let Some(first) = first else {
-        eprintln!("\n[prompt {n_prompt} tokens, nothing generated, finish: {reason}]");
+        eprintln!("\n[prompt {n_prompt} tokens, nothing generated, finish: {reason}; {kv}]");
         return;
     };
     let ttft = first.duration_since(started).as_secs_f64();
     let decode_s = last.duration_since(first).as_secs_f64();
     let decode_rate = if generated > 1 && decode_s > 0.0 { (generated - 1) as f64 / decode_s } else { 0.0 };
     eprintln!(
-        "\n[prompt {n_prompt} tokens, time to first token {:.1} ms ({:.1} tok/s prefill); generated {generated} tokens, {:.1} tok/s decode; finish: {reason}]",
+        "\n[prompt {n_prompt} tokens, time to first token {:.1} ms ({:.1} tok/s prefill); generated {generated} tokens, {:.1} tok/s decode; finish: {reason}; {kv}]",
         ttft * 1e3,
         n_prompt as f64 / ttft,
         decode_rate

@@ -1,27 +1,32 @@
 //! `kvault generate --input-file prompts.jsonl --output-file out.jsonl`: every prompt goes
 //! into the engine at once (continuous batching does the rest); results are written in input
-//! order with text, token ids, finish reason and usage. A malformed input line stops the run
-//! before anything is generated; a request the engine refuses (e.g. too long) gets an `error`
-//! line and the others still run.
+//! order with text, token ids, finish reason, usage and what the request's KV policy did. A
+//! line's `kv_*` fields overlay the command's `--kv-*` flags. A malformed input line (a wrong
+//! field, or KV settings that do not resolve) stops the run before anything is generated; a
+//! request the engine refuses (e.g. too long) gets an `error` line and the others still run.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use kvault_engine::events::RequestEvent;
 use kvault_engine::handle::EngineHandle;
+use kvault_engine::kv_policy::{KvPolicy, KvPolicyConfig};
 use kvault_engine::request::NewRequest;
 use kvault_engine::sampler::SamplingParams;
 use kvault_models::chat_template::ChatMessage;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::generate::GenerateArgs;
+use crate::kv::{self, KvFields};
 use crate::prompt;
 
-/// One input line. Unknown fields are rejected so a typo ("max_token") is not silently ignored.
+/// One input line, without its `kv_*` fields (those are [`KvFields`]). Unknown fields are
+/// rejected so a typo ("max_token") is not silently ignored.
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 struct InputLine {
@@ -70,8 +75,15 @@ impl InputLine {
     }
 }
 
+/// A line ready to submit: where it came from, its fields, its resolved KV policy.
+struct Job {
+    line_no: String,
+    line: InputLine,
+    kv: KvPolicy,
+}
+
 pub fn run(args: &GenerateArgs, input: &Path, output: &Path) -> Result<()> {
-    let lines = read_input(input)?;
+    let lines = read_input(input, &args.kv.config())?;
     let loaded = args.model.load()?;
     let engine = EngineHandle::start(loaded, args.engine.config(lines.len()))?;
     let info = engine.info().clone();
@@ -87,14 +99,16 @@ pub fn run(args: &GenerateArgs, input: &Path, output: &Path) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let results: Vec<Value> = runtime.block_on(async {
         let mut tasks = Vec::with_capacity(lines.len());
-        for (index, (line_no, line)) in lines.iter().enumerate() {
+        for (index, Job { line_no, line, kv }) in lines.iter().enumerate() {
             let ids = match (&line.prompt, &line.messages) {
                 (Some(p), None) => prompt::encode_text(&info, p),
                 (None, Some(m)) => prompt::encode_chat(&info, template.as_ref(), m),
                 _ => unreachable!("checked when reading {line_no}"),
             };
             let submitted = ids.map_err(|e| format!("{e:#}")).and_then(|ids| {
-                engine.submit(NewRequest::new(ids, line.params(&defaults))).map_err(|e| e.to_string())
+                let mut request = NewRequest::new(ids, line.params(&defaults));
+                request.kv = *kv;
+                engine.submit(request).map_err(|e| e.to_string())
             });
             let id = line.id.clone();
             let bar = bar.clone();
@@ -141,7 +155,7 @@ pub fn run(args: &GenerateArgs, input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-fn read_input(path: &Path) -> Result<Vec<(String, InputLine)>> {
+fn read_input(path: &Path, kv_defaults: &KvPolicyConfig) -> Result<Vec<Job>> {
     let file = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut lines = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -150,16 +164,31 @@ fn read_input(path: &Path) -> Result<Vec<(String, InputLine)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed: InputLine = serde_json::from_str(&line).with_context(|| format!("{where_}: invalid request"))?;
+        let (parsed, kv_fields) = parse_line(&line).with_context(|| format!("{where_}: invalid request"))?;
         if parsed.prompt.is_some() == parsed.messages.is_some() {
             bail!("{where_}: give exactly one of `prompt` or `messages`");
         }
-        lines.push((where_, parsed));
+        let kv = kv_fields.resolve(kv_defaults).map_err(|e| anyhow!("{where_}: {e}"))?;
+        lines.push(Job { line_no: where_, line: parsed, kv });
     }
     if lines.is_empty() {
         bail!("{}: no requests in the file", path.display());
     }
     Ok(lines)
+}
+
+/// Splits a line's `kv_*` fields from the rest; a field of the wrong type is named by its path.
+fn parse_line(line: &str) -> Result<(InputLine, KvFields)> {
+    let mut object: Map<String, Value> = serde_json::from_str(line)?;
+    let kv_fields: Map<String, Value> = kv::FIELDS.iter().filter_map(|f| object.remove_entry(*f)).collect();
+    Ok((from_object(object)?, from_object(kv_fields)?))
+}
+
+fn from_object<T: DeserializeOwned>(object: Map<String, Value>) -> Result<T> {
+    serde_path_to_error::deserialize(Value::Object(object)).map_err(|e| match e.path().to_string().as_str() {
+        "" | "." => anyhow!("{}", e.inner()),
+        path => anyhow!("`{path}`: {}", e.inner()),
+    })
 }
 
 async fn collect(mut stream: kvault_engine::handle::RequestStream) -> Value {
@@ -181,6 +210,7 @@ async fn collect(mut stream: kvault_engine::handle::RequestStream) -> Value {
                         "completion_tokens": done.usage.completion_tokens,
                         "cached_tokens": done.usage.cached_tokens,
                     },
+                    "kv": kv::report_json(&done.kv),
                 });
             }
             Some(RequestEvent::Failed(e)) => return json!({ "error": e }),

@@ -3,6 +3,8 @@
 Started by cli/tests/serve_openai_sdk.rs with KVAULT_BASE_URL (e.g. http://127.0.0.1:PORT/v1)
 and KVAULT_MODEL set, against SmolLM2-135M-Instruct (it has a chat template). Runs every
 `test_*` function and prints a closing `N passed, N failed` line; exits non-zero on failure.
+Per-request KV policies travel as top-level `kv_*` fields through `extra_body`, as vLLM's extra
+sampling fields do.
 """
 
 import asyncio
@@ -125,6 +127,61 @@ def test_errors_raise_the_sdk_exceptions():
         raise AssertionError("expected BadRequestError")
     except openai.BadRequestError as e:
         assert e.body["param"] == "top_p", e.body
+
+
+def test_kv_policy_fields_through_extra_body():
+    r = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0,
+                                  extra_body={"kv_policy": "h2o", "kv_budget": 64})
+    assert r.choices[0].text and r.usage.completion_tokens >= 1, r
+    chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, stream=True,
+                                                 extra_body={"kv_policy": "h2o", "kv_budget": 64}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    snapkv = {"kv_policy": "snapkv", "kv_budget": 64, "kv_snapkv_window": 16, "kv_snapkv_kernel": 3, "kv_snapkv_pooling": "max"}
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, extra_body=snapkv)
+    assert r.choices[0].message.content, r
+    parts = [c.choices[0].text for c in client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True,
+        extra_body={"kv_policy": "streaming", "kv_budget": 64, "kv_sink_tokens": 2}) if c.choices]
+    assert "".join(parts), parts
+
+
+def test_kv_policy_bad_values_raise_bad_request_naming_the_param():
+    cases = [
+        ({"kv_policy": "lru"}, "kv_policy"),
+        ({"kv_policy": "h2o"}, "kv_budget"),
+        ({"kv_policy": "h2o", "kv_budget": 0}, "kv_budget"),
+        ({"kv_policy": "h2o", "kv_budget": -4}, "kv_budget"),
+        ({"kv_policy": "h2o", "kv_budget": "64"}, "kv_budget"),
+        ({"kv_policy": "streaming", "kv_budget": 4, "kv_sink_tokens": 4}, "kv_budget"),
+        ({"kv_policy": "h2o", "kv_budget": 64, "kv_sink_tokens": 4}, "kv_sink_tokens"),
+        ({"kv_policy": "snapkv", "kv_budget": 64, "kv_snapkv_kernel": 4}, "kv_snapkv_kernel"),
+        ({"kv_policy": "snapkv", "kv_budget": 64, "kv_snapkv_pooling": "median"}, "kv_snapkv_pooling"),
+    ]
+    calls = [
+        lambda extra: client.completions.create(model=MODEL, prompt="x", max_tokens=1, extra_body=extra),
+        lambda extra: client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1, extra_body=extra),
+    ]
+    for extra, param in cases:
+        for call in calls:
+            try:
+                call(extra)
+                raise AssertionError(f"expected BadRequestError for {extra}")
+            except openai.BadRequestError as e:
+                assert e.status_code == 400, (extra, e)
+                assert e.body["param"] == param, (extra, e.body)
+                assert param in e.body["message"], (extra, e.body)
+
+
+def test_explicit_full_kv_policy_gives_the_same_greedy_text_as_no_field():
+    kw = dict(model=MODEL, prompt="The capital of France is", max_tokens=12, temperature=0)
+    plain = client.completions.create(**kw).choices[0].text
+    full = client.completions.create(**kw, extra_body={"kv_policy": "full"}).choices[0].text
+    assert plain and full == plain, (plain, full)
+    kw = dict(model=MODEL, messages=MESSAGES, max_tokens=12, temperature=0)
+    plain = client.chat.completions.create(**kw).choices[0].message.content
+    full = client.chat.completions.create(**kw, extra_body={"kv_policy": "full"}).choices[0].message.content
+    assert plain and full == plain, (plain, full)
 
 
 def test_async_client_with_32_concurrent_streams():

@@ -218,6 +218,18 @@ pub fn read_to_end(mut sock: TcpStream, mut seen: String) -> String {
     seen
 }
 
+/// `{"error": {"message", "type", "param", "code"}}` with a non-empty message.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_param: Option<&str>, context: &str) {
+    assert_eq!(status, want_status, "{context}: {body}");
+    let e = &body["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{context}: message: {body}");
+    assert!(e["type"].is_string(), "{context}: type: {body}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{context}: param and code keys: {body}");
+    if let Some(p) = want_param {
+        assert_eq!(e["param"], p, "{context}: {body}");
+    }
+}
+
 pub fn text_of_chunks(frames: &[String], field: impl Fn(&Value) -> Option<String>) -> String {
     frames
         .iter()

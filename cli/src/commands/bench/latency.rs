@@ -9,7 +9,8 @@
 //! - decode tok/s = (output tokens − 1) / (last token time − first token time).
 //!
 //! Warm-up iterations run first and are not counted. The mean and sample standard deviation
-//! over iterations are printed as a llama-bench-style table (`pp512`, `tg128` rows).
+//! over iterations are printed as a llama-bench-style table (`pp512`, `tg128` rows, with the
+//! `--kv-*` policy every request runs under as a column; the JSON names it too).
 //!
 //! Must not know: HTTP.
 
@@ -20,6 +21,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use kvault_engine::events::RequestEvent;
 use kvault_engine::handle::EngineHandle;
+use kvault_engine::kv_policy::KvPolicy;
 use kvault_engine::request::NewRequest;
 use kvault_engine::sampler::SamplingParams;
 use rand::rngs::StdRng;
@@ -29,6 +31,7 @@ use serde_json::json;
 use super::serve::dataset::{allowed_token_ids, positive};
 use super::serve::stats::{mean, sample_std};
 use crate::args::{EngineArgs, ModelArgs};
+use crate::kv::{self, KvArgs};
 
 #[derive(Args, Debug)]
 pub struct LatencyArgs {
@@ -36,6 +39,8 @@ pub struct LatencyArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Prompt tokens per request (the `pp` test).
     #[arg(long, default_value_t = 512, value_parser = positive)]
     pub input_len: usize,
@@ -85,6 +90,7 @@ fn at_least_two(s: &str) -> Result<usize, String> {
 }
 
 pub fn run(args: LatencyArgs) -> Result<()> {
+    let kv_policy = args.kv.resolve()?;
     let name = args.model.display_name();
     let loaded = args.model.load()?;
     let allowed = allowed_token_ids(&loaded.tokenizer);
@@ -96,14 +102,14 @@ pub fn run(args: LatencyArgs) -> Result<()> {
     let mut measured = Vec::with_capacity(args.num_iters);
     for i in 0..args.num_iters_warmup + args.num_iters {
         let prompt: Vec<u32> = (0..args.input_len).map(|_| allowed[rng.random_range(0..allowed.len())]).collect();
-        let it = one_iteration(&engine, prompt, args.output_len)?;
+        let it = one_iteration(&engine, prompt, args.output_len, kv_policy)?;
         if i >= args.num_iters_warmup {
             measured.push(it);
         }
     }
     let pp: Vec<f64> = measured.iter().map(|m| m.prefill_tokens_per_s(args.input_len)).collect();
     let tg: Vec<f64> = measured.iter().map(|m| m.decode_tokens_per_s(args.output_len)).collect();
-    print!("{}", table(&name, args.input_len, &pp, args.output_len, &tg));
+    print!("{}", table(&name, &kv_policy.describe(), args.input_len, &pp, args.output_len, &tg));
     if let Some(path) = &args.output_json {
         let ms = |f: fn(&Iteration) -> f64| measured.iter().map(|m| f(m) * 1000.0).collect::<Vec<_>>();
         let v = json!({
@@ -111,6 +117,7 @@ pub fn run(args: LatencyArgs) -> Result<()> {
             "input_len": args.input_len,
             "output_len": args.output_len,
             "num_iters": args.num_iters,
+            "kv_policy": kv::policy_json(&kv_policy),
             "prefill_tokens_per_s": {"mean": mean(&pp), "stdev": sample_std(&pp), "samples": pp},
             "decode_tokens_per_s": {"mean": mean(&tg), "stdev": sample_std(&tg), "samples": tg},
             "ttft_ms": ms(|m| m.ttft),
@@ -122,10 +129,12 @@ pub fn run(args: LatencyArgs) -> Result<()> {
     Ok(())
 }
 
-fn one_iteration(engine: &EngineHandle, prompt: Vec<u32>, output_len: usize) -> Result<Iteration> {
+fn one_iteration(engine: &EngineHandle, prompt: Vec<u32>, output_len: usize, kv_policy: KvPolicy) -> Result<Iteration> {
     let params = SamplingParams { temperature: 0.0, max_tokens: output_len, ignore_eos: true, ..SamplingParams::default() };
+    let mut request = NewRequest::new(prompt, params);
+    request.kv = kv_policy;
     let submitted = Instant::now();
-    let mut stream = engine.submit(NewRequest::new(prompt, params)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut stream = engine.submit(request).map_err(kv::submit_error)?;
     let (mut first, mut last, mut tokens) = (None, None, 0usize);
     loop {
         match stream.blocking_next() {
@@ -152,19 +161,21 @@ fn one_iteration(engine: &EngineHandle, prompt: Vec<u32>, output_len: usize) -> 
     }
 }
 
-/// llama-bench's table: one row per test, `mean ± stdev` tokens per second.
-fn table(model: &str, input_len: usize, pp: &[f64], output_len: usize, tg: &[f64]) -> String {
+/// llama-bench's table: one row per test, `mean ± stdev` tokens per second, with the KV
+/// policy as a configuration column (as llama-bench shows its settings).
+fn table(model: &str, kv_policy: &str, input_len: usize, pp: &[f64], output_len: usize, tg: &[f64]) -> String {
     let rows = [
         (format!("pp{input_len}"), format!("{:.2} ± {:.2}", mean(pp), sample_std(pp))),
         (format!("tg{output_len}"), format!("{:.2} ± {:.2}", mean(tg), sample_std(tg))),
     ];
     let mw = model.chars().count().max(5);
+    let kw = kv_policy.chars().count().max(9);
     let tw = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
     let vw = rows.iter().map(|r| r.1.chars().count()).max().unwrap_or(3).max(20);
-    let mut s = format!("| {:<mw$} | {:>tw$} | {:>vw$} |\n", "model", "test", "t/s");
-    s.push_str(&format!("| {} | {}: | {}: |\n", "-".repeat(mw), "-".repeat(tw - 1), "-".repeat(vw - 1)));
+    let mut s = format!("| {:<mw$} | {:<kw$} | {:>tw$} | {:>vw$} |\n", "model", "kv policy", "test", "t/s");
+    s.push_str(&format!("| {} | {} | {}: | {}: |\n", "-".repeat(mw), "-".repeat(kw), "-".repeat(tw - 1), "-".repeat(vw - 1)));
     for (test, value) in rows {
-        s.push_str(&format!("| {model:<mw$} | {test:>tw$} | {value:>vw$} |\n"));
+        s.push_str(&format!("| {model:<mw$} | {kv_policy:<kw$} | {test:>tw$} | {value:>vw$} |\n"));
     }
     s
 }
@@ -183,10 +194,11 @@ mod tests {
 
     #[test]
     fn the_table_has_pp_and_tg_rows_with_mean_and_sample_stdev() {
-        let t = table("stories260K", 512, &[100.0, 300.0], 128, &[50.0, 50.0]);
+        let t = table("stories260K", "h2o (budget 64, recent 32)", 512, &[100.0, 300.0], 128, &[50.0, 50.0]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[0].starts_with("| model") && lines[0].ends_with("t/s |"));
+        assert!(lines[0].starts_with("| model") && lines[0].contains("| kv policy ") && lines[0].ends_with("t/s |"));
+        assert!(lines[2].contains("| h2o (budget 64, recent 32) |"), "{t}");
         // mean 200, stdev sqrt(((100)^2 + (100)^2) / 1) = 141.42
         assert!(lines[2].contains("| pp512 |") && lines[2].contains("200.00 ± 141.42"), "{t}");
         assert!(lines[3].contains("| tg128 |") && lines[3].contains("50.00 ± 0.00"), "{t}");

@@ -4,8 +4,9 @@
 //! engine reports per request (prompt tokens as it saw them, BOS included).
 //!
 //! Prints vLLM's lines (`Throughput: … requests/s, … total tokens/s, … output tokens/s`,
-//! `Total num prompt tokens:`, `Total num output tokens:`) and with `--output-json` writes
-//! vLLM's keys plus the prompt/output split.
+//! `Total num prompt tokens:`, `Total num output tokens:`) under a `KV policy:` header (every
+//! request runs under the `--kv-*` policy), and with `--output-json` writes vLLM's keys plus
+//! the prompt/output split and the policy.
 //!
 //! Must not know: HTTP; prompt sampling (that is `serve::dataset`).
 
@@ -17,12 +18,14 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kvault_engine::events::RequestEvent;
 use kvault_engine::handle::{EngineHandle, RequestStream};
+use kvault_engine::kv_policy::KvPolicy;
 use kvault_engine::request::NewRequest;
 use kvault_engine::sampler::SamplingParams;
 use serde_json::json;
 
 use super::serve::dataset::DatasetArgs;
 use crate::args::{EngineArgs, ModelArgs};
+use crate::kv::{self, KvArgs};
 
 #[derive(Args, Debug)]
 pub struct ThroughputArgs {
@@ -30,6 +33,8 @@ pub struct ThroughputArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
     #[command(flatten)]
     pub dataset: DatasetArgs,
     /// Write the results as JSON to this file.
@@ -40,6 +45,7 @@ pub struct ThroughputArgs {
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Totals {
+    pub kv_policy: KvPolicy,
     pub requests: usize,
     pub prompt_tokens: usize,
     pub output_tokens: usize,
@@ -59,12 +65,15 @@ impl Totals {
         self.output_tokens as f64 / self.elapsed_s
     }
 
-    /// vLLM's printed lines (two spaces after the colon in the totals, as vLLM prints them).
+    /// The KV policy, then vLLM's printed lines (two spaces after the colon in the totals, as
+    /// vLLM prints them).
     pub fn render(&self) -> String {
         format!(
-            "Throughput: {:.2} requests/s, {:.2} total tokens/s, {:.2} output tokens/s\n\
+            "KV policy: {}\n\
+             Throughput: {:.2} requests/s, {:.2} total tokens/s, {:.2} output tokens/s\n\
              Total num prompt tokens:  {}\n\
              Total num output tokens:  {}\n",
+            self.kv_policy.describe(),
             self.requests_per_s(),
             self.total_tokens_per_s(),
             self.output_tokens_per_s(),
@@ -83,11 +92,13 @@ impl Totals {
             "requests_per_second": self.requests_per_s(),
             "tokens_per_second": self.total_tokens_per_s(),
             "output_tokens_per_second": self.output_tokens_per_s(),
+            "kv_policy": kv::policy_json(&self.kv_policy),
         })
     }
 }
 
 pub fn run(args: ThroughputArgs) -> Result<()> {
+    let kv_policy = args.kv.resolve()?;
     let loaded = args.model.load()?;
     let requests = args.dataset.sample(&loaded.tokenizer)?;
     let engine = EngineHandle::start(loaded, args.engine.config(requests.len()))?;
@@ -108,10 +119,12 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
     let mut streams = Vec::with_capacity(prompts.len());
     for (i, (ids, output_len)) in prompts.into_iter().enumerate() {
         let params = SamplingParams { max_tokens: output_len, ignore_eos: true, ..SamplingParams::default() };
-        let stream = engine.submit(NewRequest::new(ids, params)).map_err(|e| anyhow::anyhow!("request {i}: {e}"))?;
+        let mut request = NewRequest::new(ids, params);
+        request.kv = kv_policy;
+        let stream = engine.submit(request).map_err(kv::submit_error).with_context(|| format!("request {i}"))?;
         streams.push(stream);
     }
-    let mut totals = Totals { requests: streams.len(), prompt_tokens: 0, output_tokens: 0, elapsed_s: 0.0 };
+    let mut totals = Totals { kv_policy, requests: streams.len(), prompt_tokens: 0, output_tokens: 0, elapsed_s: 0.0 };
     for (i, stream) in streams.into_iter().enumerate() {
         let (prompt, output) = wait_for(stream).with_context(|| format!("request {i}"))?;
         totals.prompt_tokens += prompt;
@@ -147,10 +160,11 @@ mod tests {
 
     #[test]
     fn the_report_uses_vllm_lines_and_rates_divide_by_elapsed_time() {
-        let t = Totals { requests: 4, prompt_tokens: 300, output_tokens: 100, elapsed_s: 2.0 };
+        let t = Totals { kv_policy: KvPolicy::H2o { budget: 64, recent_window: 32 }, requests: 4, prompt_tokens: 300, output_tokens: 100, elapsed_s: 2.0 };
         assert_eq!(
             t.render(),
-            "Throughput: 2.00 requests/s, 200.00 total tokens/s, 50.00 output tokens/s\n\
+            "KV policy: h2o (budget 64, recent 32)\n\
+             Throughput: 2.00 requests/s, 200.00 total tokens/s, 50.00 output tokens/s\n\
              Total num prompt tokens:  300\n\
              Total num output tokens:  100\n"
         );
@@ -159,5 +173,6 @@ mod tests {
         assert_eq!(j["requests_per_second"], 2.0);
         assert_eq!(j["tokens_per_second"], 200.0);
         assert_eq!(j["elapsed_time"], 2.0);
+        assert_eq!((j["kv_policy"]["policy"].as_str(), j["kv_policy"]["budget"].as_u64()), (Some("h2o"), Some(64)));
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use super::error::{parse_json, ApiError};
 use super::generation::{self, finish_fields, PromptJob, ResponseMeta, UsageTally};
 use super::logprobs::chat_logprobs;
-use super::params::CommonFields;
+use super::params::{kv_policy, CommonFields};
 use super::sse::{self, ChunkFormatter, SseOptions};
 use super::state::AppState;
 
@@ -120,6 +120,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let req: ChatRequest = parse_json(&body)?;
     let common: CommonFields = parse_json(&body)?;
     state.check_model(common.model.as_deref())?;
+    let kv = kv_policy(&body, &state.kv_defaults)?;
     let engine = state.engine()?.clone();
     let info = engine.info().clone();
     let messages = convert_messages(req.messages.as_deref().ok_or_else(|| ApiError::invalid("messages", "messages is required"))?)?;
@@ -137,7 +138,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let max_tokens = common.requested_max_tokens().unwrap_or_else(|| info.max_model_len.saturating_sub(prompt_ids.len()).max(1));
     let mut params = common.params(max_tokens)?;
     params.logprobs = logprobs;
-    let streams = generation::submit_all(&engine, &state.metrics, &[PromptJob { prompt_ids, params }], n)?;
+    let streams = generation::submit_all(&engine, &state.metrics, &[PromptJob { prompt_ids, params, kv }], n)?;
 
     let meta = ResponseMeta::new("chatcmpl", state.served_model_name.clone());
     if common.stream() {

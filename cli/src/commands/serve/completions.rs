@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use super::error::{parse_json, ApiError};
 use super::generation::{self, finish_fields, PromptJob, ResponseMeta, UsageTally};
 use super::logprobs::completion_logprobs;
-use super::params::CommonFields;
+use super::params::{kv_policy, CommonFields};
 use super::sse::{self, ChunkFormatter, SseOptions};
 use super::state::AppState;
 
@@ -40,6 +40,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let req: CompletionRequest = parse_json(&body)?;
     let common: CommonFields = parse_json(&body)?;
     state.check_model(common.model.as_deref())?;
+    let kv = kv_policy(&body, &state.kv_defaults)?;
     let engine = state.engine()?.clone();
     let info = engine.info().clone();
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
@@ -55,7 +56,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let include_usage = common.include_usage()?;
     let mut params = common.params(common.requested_max_tokens().unwrap_or(DEFAULT_MAX_TOKENS))?;
     params.logprobs = req.logprobs;
-    let jobs: Vec<PromptJob> = prompts.iter().map(|p| PromptJob { prompt_ids: p.ids.clone(), params: params.clone() }).collect();
+    let jobs: Vec<PromptJob> = prompts.iter().map(|p| PromptJob { prompt_ids: p.ids.clone(), params: params.clone(), kv }).collect();
     let streams = generation::submit_all(&engine, &state.metrics, &jobs, n)?;
 
     let meta = ResponseMeta::new("cmpl", state.served_model_name.clone());

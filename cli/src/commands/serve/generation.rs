@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use kvault_engine::events::{Completion, RequestEvent, TokenLogprob};
 use kvault_engine::handle::EngineHandle;
+use kvault_engine::kv_policy::KvPolicy;
 use kvault_engine::request::NewRequest;
 use kvault_engine::sampler::SamplingParams;
 use serde_json::{json, Map, Value};
@@ -19,10 +20,11 @@ use super::error::ApiError;
 use super::metrics::{Metrics, ObservedStream};
 use super::params::choice_seed;
 
-/// One prompt with its sampling parameters (max_tokens may differ per prompt).
+/// One prompt with its sampling parameters (max_tokens may differ per prompt) and KV policy.
 pub struct PromptJob {
     pub prompt_ids: Vec<u32>,
     pub params: SamplingParams,
+    pub kv: KvPolicy,
 }
 
 /// Submits every choice; if any is refused, the ones already queued are dropped (aborted)
@@ -33,7 +35,8 @@ pub fn submit_all(engine: &EngineHandle, metrics: &Arc<Metrics>, jobs: &[PromptJ
         for i in 0..n {
             let mut params = job.params.clone();
             params.seed = choice_seed(job.params.seed, i);
-            let request = NewRequest::new(job.prompt_ids.clone(), params);
+            let mut request = NewRequest::new(job.prompt_ids.clone(), params);
+            request.kv = job.kv;
             let arrival = request.arrival;
             let stream = engine.submit(request)?;
             streams.push(ObservedStream::new(stream, metrics.clone(), arrival));

@@ -1,5 +1,6 @@
 //! `/metrics`: Prometheus text exposition with vLLM's metric names under a `kvault:` prefix,
-//! plus per-request latency observation (TTFT, inter-token gaps, end-to-end, SLA goodput).
+//! kvault's own KV-policy families (requests and evicted tokens per policy, tokens held), plus
+//! per-request latency observation (TTFT, inter-token gaps, end-to-end, SLA goodput).
 //!
 //! Engine gauges and counters are copied from the engine's lock-free stats at scrape time;
 //! latency histograms are fed by [`ObservedStream`], which wraps every engine request the
@@ -10,7 +11,8 @@ use std::time::Instant;
 
 use kvault_engine::events::RequestEvent;
 use kvault_engine::handle::RequestStream;
-use kvault_engine::stats::StatsSnapshot;
+use kvault_engine::kv_policy::KvPolicyKind;
+use kvault_engine::stats::{KvPolicyCounters, StatsSnapshot};
 use kvault_scheduler::sla::{LatencyTracker, SlaConfig};
 use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
@@ -33,6 +35,10 @@ pub struct Metrics {
     preemptions: IntCounter,
     prompt_tokens: IntCounter,
     generation_tokens: IntCounter,
+    /// Per KV policy (label `policy`), every policy present from the first scrape.
+    kv_policy_requests: IntCounterVec,
+    kv_evicted_tokens: IntCounterVec,
+    kv_tokens_held: IntGauge,
     ttft: Histogram,
     itl: Histogram,
     e2e: Histogram,
@@ -48,6 +54,15 @@ fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Regis
         tracing::error!("metrics: {e}");
     }
     c
+}
+
+/// A counter family with one child per KV policy, so every `policy` label shows from the start.
+fn per_policy(registry: &Registry, name: &str, help: &str) -> prometheus::Result<IntCounterVec> {
+    let family = registered(registry, IntCounterVec::new(Opts::new(name, help), &["policy"])?);
+    for kind in KvPolicyKind::ALL {
+        family.with_label_values(&[kind.as_str()]);
+    }
+    Ok(family)
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
@@ -69,6 +84,16 @@ impl Metrics {
             preemptions: counter("kvault:num_preemptions_total", "Requests preempted (recomputed later).")?,
             prompt_tokens: counter("kvault:prompt_tokens_total", "Prompt tokens admitted.")?,
             generation_tokens: counter("kvault:generation_tokens_total", "Tokens generated.")?,
+            kv_policy_requests: per_policy(&r, "kvault:kv_policy_requests_total", "Requests admitted, by KV policy.")?,
+            kv_evicted_tokens: per_policy(
+                &r,
+                "kvault:kv_evicted_tokens_total",
+                "Tokens evicted from requests' KV cache, by KV policy (one per token, not per layer and head).",
+            )?,
+            kv_tokens_held: gauge(
+                "kvault:kv_tokens_held",
+                "KV tokens held by running requests (per KV head per layer, summed over requests).",
+            )?,
             ttft: histogram(&r, "kvault:time_to_first_token_seconds", "Arrival to first token.", TTFT_BUCKETS)?,
             itl: histogram(&r, "kvault:inter_token_latency_seconds", "Gap between consecutive tokens.", ITL_BUCKETS)?,
             e2e: histogram(&r, "kvault:e2e_request_latency_seconds", "Arrival to the final token.", E2E_BUCKETS)?,
@@ -111,6 +136,14 @@ impl Metrics {
         grow(&self.preemptions, s.preemptions, last.preemptions);
         grow(&self.prompt_tokens, s.prompt_tokens, last.prompt_tokens);
         grow(&self.generation_tokens, s.generation_tokens, last.generation_tokens);
+        self.kv_tokens_held.set(s.kv_tokens_held as i64);
+        for now in &s.kv_policies {
+            let before = last.kv_policies.iter().find(|c| c.policy == now.policy).copied().unwrap_or_default();
+            let label = [now.policy.as_str()];
+            let KvPolicyCounters { requests, evicted_tokens, .. } = before;
+            grow(&self.kv_policy_requests.with_label_values(&label), now.requests, requests);
+            grow(&self.kv_evicted_tokens.with_label_values(&label), now.evicted_tokens, evicted_tokens);
+        }
         *last = s.clone();
     }
 
@@ -211,9 +244,44 @@ mod tests {
             "kvault:prefix_cache_queries_total", "kvault:prefix_cache_hits_total", "kvault:num_preemptions_total",
             "kvault:prompt_tokens_total", "kvault:generation_tokens_total", "kvault:time_to_first_token_seconds_bucket",
             "kvault:inter_token_latency_seconds_count", "kvault:e2e_request_latency_seconds_sum",
-            "kvault:good_requests_total", "kvault:sla_checked_requests_total",
+            "kvault:good_requests_total", "kvault:sla_checked_requests_total", "kvault:kv_tokens_held",
         ] {
             assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing in:\n{text}");
         }
+        for family in ["kvault:kv_policy_requests_total", "kvault:kv_evicted_tokens_total"] {
+            assert!(text.contains(&format!("# TYPE {family} counter")), "{family} missing in:\n{text}");
+            for kind in KvPolicyKind::ALL {
+                assert_eq!(value(&text, &format!("{family}{{policy=\"{kind}\"}}")), 0.0);
+            }
+        }
+        assert!(text.contains("# TYPE kvault:kv_tokens_held gauge"), "{text}");
+    }
+
+    #[test]
+    fn kv_policy_counters_follow_the_engine_per_policy() {
+        let m = Metrics::new(SlaConfig::default()).unwrap();
+        let counters = |h2o: (u64, u64), snapkv: (u64, u64)| {
+            KvPolicyKind::ALL
+                .iter()
+                .map(|&policy| {
+                    let (requests, evicted_tokens) = match policy {
+                        KvPolicyKind::H2o => h2o,
+                        KvPolicyKind::SnapKv => snapkv,
+                        _ => (0, 0),
+                    };
+                    KvPolicyCounters { policy, requests, evicted_tokens }
+                })
+                .collect()
+        };
+        let mut s = StatsSnapshot { kv_policies: counters((2, 100), (0, 0)), kv_tokens_held: 96, ..Default::default() };
+        m.render(Some(&s));
+        s.kv_policies = counters((3, 250), (1, 7));
+        s.kv_tokens_held = 40;
+        let text = m.render(Some(&s));
+        assert_eq!(value(&text, "kvault:kv_policy_requests_total{policy=\"h2o\"}"), 3.0);
+        assert_eq!(value(&text, "kvault:kv_evicted_tokens_total{policy=\"h2o\"}"), 250.0);
+        assert_eq!(value(&text, "kvault:kv_evicted_tokens_total{policy=\"snapkv\"}"), 7.0);
+        assert_eq!(value(&text, "kvault:kv_evicted_tokens_total{policy=\"streaming\"}"), 0.0);
+        assert_eq!(value(&text, "kvault:kv_tokens_held"), 40.0);
     }
 }

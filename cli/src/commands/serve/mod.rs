@@ -28,11 +28,13 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use kvault_engine::handle::EngineHandle;
+use kvault_engine::kv_policy::KvPolicy;
 use kvault_scheduler::sla::SlaConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::args::{EngineArgs, ModelArgs};
+use crate::kv::KvArgs;
 use metrics::Metrics;
 use state::AppState;
 
@@ -42,6 +44,9 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    // The KV policy of requests that set no `kv_*` field; a request's own fields overlay it.
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -70,14 +75,16 @@ pub struct ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let sla = SlaConfig::new(args.sla_ttft_ms, args.sla_max_itl_ms).context("--sla-ttft-ms/--sla-max-itl-ms")?;
+    // A request with no `kv_*` field gets exactly the defaults, so they must resolve alone.
+    let kv_default = args.kv.resolve()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("kvault-http").build()?;
-    let result = runtime.block_on(serve(args, sla));
+    let result = runtime.block_on(serve(args, sla, kv_default));
     // A model still loading when a signal came must not hold the exit.
     runtime.shutdown_background();
     result
 }
 
-async fn serve(args: ServeArgs, sla: SlaConfig) -> Result<()> {
+async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<()> {
     let address = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&address).await.with_context(|| format!("--host/--port: cannot listen on {address}"))?;
     let local = listener.local_addr()?;
@@ -86,7 +93,7 @@ async fn serve(args: ServeArgs, sla: SlaConfig) -> Result<()> {
 
     let name = args.served_model_name.clone().unwrap_or_else(|| args.model.display_name());
     let metrics = Arc::new(Metrics::new(sla).context("metrics registry")?);
-    let state = Arc::new(AppState::new(name.clone(), args.api_key.clone(), metrics));
+    let state = Arc::new(AppState::new(name.clone(), args.api_key.clone(), args.kv.config(), metrics));
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -107,8 +114,11 @@ async fn serve(args: ServeArgs, sla: SlaConfig) -> Result<()> {
     };
     let info = engine.info();
     eprintln!(
-        "kvault: ready: model {name}, max_model_len {}, {} KV blocks of {} tokens",
-        info.max_model_len, info.num_blocks, info.block_size
+        "kvault: ready: model {name}, max_model_len {}, {} KV blocks of {} tokens, default KV policy {}",
+        info.max_model_len,
+        info.num_blocks,
+        info.block_size,
+        kv_default.describe()
     );
     state.set_engine(engine.clone());
 

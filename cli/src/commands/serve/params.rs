@@ -1,17 +1,21 @@
 //! The request fields `/v1/completions` and `/v1/chat/completions` share (sampling, stop,
-//! `n`, streaming), and their translation into engine `SamplingParams`.
+//! `n`, streaming, the `kv_*` policy fields), and their translation into engine
+//! `SamplingParams` and `KvPolicy`.
 //!
-//! The body is parsed a second time into [`CommonFields`] (unknown fields ignored), so the
-//! endpoint structs hold only what is theirs and serde errors still name the exact field.
+//! The body is parsed a second time into [`CommonFields`] and a third into `KvFields`
+//! (unknown fields ignored), so the endpoint structs hold only what is theirs and serde errors
+//! still name the exact field.
 //! Must not know: prompts, messages or response shapes.
 
 use std::collections::HashMap;
 
+use kvault_engine::kv_policy::{KvPolicy, KvPolicyConfig};
 use kvault_engine::sampler::SamplingParams;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::ApiError;
+use super::error::{parse_json, ApiError};
+use crate::kv::KvFields;
 
 /// More choices than this per prompt is almost surely a client bug, and each one costs a
 /// sequence slot.
@@ -139,6 +143,14 @@ fn parse_logit_bias(v: Option<&HashMap<String, f32>>) -> Result<Vec<(u32, f32)>,
     Ok(out)
 }
 
+/// The request's KV policy: its `kv_*` fields (vLLM-style extra top-level fields; the openai
+/// SDK sends them through `extra_body`) over the server's `--kv-*` defaults. Every refusal is
+/// a 400 naming the field, a wrong JSON type included.
+pub fn kv_policy(body: &[u8], defaults: &KvPolicyConfig) -> Result<KvPolicy, ApiError> {
+    let fields: KvFields = parse_json(body)?;
+    fields.resolve(defaults).map_err(|e| ApiError::invalid(e.param, e.to_string()))
+}
+
 /// Seed for choice `i` of a prompt: distinct per choice, reproducible per request.
 pub fn choice_seed(seed: Option<u64>, i: usize) -> Option<u64> {
     seed.map(|s| s.wrapping_add(i as u64))
@@ -147,7 +159,7 @@ pub fn choice_seed(seed: Option<u64>, i: usize) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::serve::error::parse_json;
+    use kvault_engine::kv_policy::KvPolicyKind;
 
     fn fields(json: &str) -> CommonFields {
         parse_json(json.as_bytes()).unwrap()
@@ -183,6 +195,35 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("max_completion_tokens"));
         let e = fields(r#"{"stream_options": {"include_usage": true}}"#).include_usage().unwrap_err();
         assert_eq!(e.param.as_deref(), Some("stream_options"));
+    }
+
+    #[test]
+    fn kv_fields_overlay_the_defaults_and_every_refusal_names_its_field() {
+        let h2o = KvPolicyConfig { policy: Some(KvPolicyKind::H2o), budget: Some(64), ..Default::default() };
+        let policy = |json: &str| kv_policy(json.as_bytes(), &h2o);
+        assert_eq!(policy(r#"{"prompt": "hi"}"#), Ok(KvPolicy::H2o { budget: 64, recent_window: 32 }));
+        assert_eq!(policy(r#"{"kv_policy": "full"}"#), Ok(KvPolicy::Full));
+        assert_eq!(policy(r#"{"kv_budget": 16, "kv_recent_window": 4}"#), Ok(KvPolicy::H2o { budget: 16, recent_window: 4 }));
+        let cases = [
+            (r#"{"kv_policy": "lru"}"#, "kv_policy"),
+            (r#"{"kv_policy": 3}"#, "kv_policy"),
+            (r#"{"kv_budget": 0}"#, "kv_budget"),
+            (r#"{"kv_budget": -1}"#, "kv_budget"),
+            (r#"{"kv_budget": 1.5}"#, "kv_budget"),
+            (r#"{"kv_budget": "64"}"#, "kv_budget"),
+            (r#"{"kv_recent_window": 65}"#, "kv_budget"),
+            (r#"{"kv_sink_tokens": 2}"#, "kv_sink_tokens"),
+            (r#"{"kv_policy": "streaming", "kv_recent_window": 2}"#, "kv_recent_window"),
+            (r#"{"kv_policy": "snapkv", "kv_snapkv_window": 0}"#, "kv_snapkv_window"),
+            (r#"{"kv_policy": "snapkv", "kv_snapkv_kernel": 4}"#, "kv_snapkv_kernel"),
+            (r#"{"kv_policy": "snapkv", "kv_snapkv_pooling": "median"}"#, "kv_snapkv_pooling"),
+            (r#"{"kv_snapkv_pooling": true}"#, "kv_snapkv_pooling"),
+        ];
+        for (json, param) in cases {
+            let e = policy(json).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some(param)), "{json}: {}", e.message);
+            assert!(e.message.contains(param), "{json}: {}", e.message);
+        }
     }
 
     #[test]

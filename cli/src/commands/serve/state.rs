@@ -1,5 +1,5 @@
 //! What every handler shares: the engine handle (absent while the model loads), the served
-//! model name, the API key and the metrics.
+//! model name, the API key, the default KV policy settings and the metrics.
 //!
 //! Must not know: HTTP routes or request shapes.
 
@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvault_engine::handle::EngineHandle;
+use kvault_engine::kv_policy::KvPolicyConfig;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
@@ -14,6 +15,8 @@ use super::metrics::Metrics;
 pub struct AppState {
     pub served_model_name: String,
     pub api_key: Option<String>,
+    /// The `--kv-*` flags (valid on their own), which each request's `kv_*` fields overlay.
+    pub kv_defaults: KvPolicyConfig,
     pub metrics: Arc<Metrics>,
     /// Set once, when the model has loaded; until then model endpoints answer 503.
     engine: OnceLock<Arc<EngineHandle>>,
@@ -22,8 +25,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(served_model_name: String, api_key: Option<String>, metrics: Arc<Metrics>) -> Self {
-        Self { served_model_name, api_key, metrics, engine: OnceLock::new(), started_unix: unix_now() }
+    pub fn new(served_model_name: String, api_key: Option<String>, kv_defaults: KvPolicyConfig, metrics: Arc<Metrics>) -> Self {
+        Self { served_model_name, api_key, kv_defaults, metrics, engine: OnceLock::new(), started_unix: unix_now() }
     }
 
     pub fn engine(&self) -> Result<&Arc<EngineHandle>, ApiError> {
