@@ -122,9 +122,12 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
     );
     state.set_engine(engine.clone());
 
+    // Biased: a stop signal also ends the server (graceful shutdown); when both are ready the
+    // stop must win, so the shutdown is reported and the engine drained.
     tokio::select! {
-        result = &mut server => return result.context("HTTP server task")?.context("HTTP server"),
+        biased;
         _ = stopped(stop_rx) => {}
+        result = &mut server => return result.context("HTTP server task")?.context("HTTP server"),
     }
     eprintln!("kvault: shutting down: no new connections; waiting up to {} s for in-flight requests", args.shutdown_timeout);
     let result = match tokio::time::timeout(Duration::from_secs(args.shutdown_timeout), &mut server).await {
