@@ -19,7 +19,7 @@ pub use crate::info::EngineInfo;
 use crate::kv_policy::evictor::{BudgetedSeq, Evictor};
 use crate::kv_policy::{Chunk, RequestBudget};
 use crate::kv_state::{KvState, RequestKvState, RequestPhase};
-use crate::model_runner::{BatchEntry, ModelRunner};
+use crate::model_runner::{BatchEntry, LogitRows, ModelRunner};
 use crate::request::NewRequest;
 use crate::sampler::sample;
 use crate::sequence::{Appended, Sequence, Status};
@@ -217,7 +217,8 @@ impl Engine {
             .kv
             .block_table(id)
             .map_or(0, |t| t.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(1)).count());
-        let (hit_tokens, hit_free) = if waiting && self.config.enable_prefix_caching {
+        // A request scoring its prompt must compute every position: no hit.
+        let (hit_tokens, hit_free) = if waiting && self.config.enable_prefix_caching && seq.prompt_scoring.is_none() {
             // The request's block hashes are kept incrementally; no rehashing per step.
             let hit = self.kv.computed_blocks(id).unwrap_or_default();
             let free = hit.blocks.iter().filter(|&&b| self.kv.pool().ref_count(b) == Some(0)).count();
@@ -238,6 +239,8 @@ impl Engine {
             prefix_hit_tokens: hit_tokens,
             prefix_hit_free_blocks: hit_free,
             kv_token_cap: self.budgets.get(&id).map(|b| b.budget),
+            max_chunk_tokens: seq.max_chunk_tokens,
+            chunk_break: seq.chunk_break,
         }
     }
 
@@ -333,22 +336,28 @@ impl Engine {
     fn run_batch(&mut self, decision: &StepDecision) {
         let bs = self.info.block_size;
         let mut entries = Vec::with_capacity(decision.scheduled.len());
-        let mut samplers = Vec::new();
         let mut budgeted = Vec::new();
         let mut budgets: HashMap<u64, &mut RequestBudget> =
             self.budgets.iter_mut().map(|(&id, b)| (id, b)).collect();
+        // (id, first row position, rows) for prompt scoring, and which requests sample.
+        let mut plan: Vec<(u64, usize, LogitRows, bool)> = Vec::with_capacity(decision.scheduled.len());
         for (i, chunk) in decision.scheduled.iter().enumerate() {
             let seq = &self.seqs[&chunk.id];
             let start = seq.num_computed;
             let end = start + chunk.num_new_tokens;
-            let wants_logits = end == seq.tokens.len();
-            if wants_logits {
-                samplers.push(chunk.id);
-            }
+            let samples = end == seq.tokens.len();
+            let logits = if seq.prompt_scoring.is_some() && start + 1 < seq.prompt_len {
+                LogitRows::All
+            } else if samples {
+                LogitRows::Last
+            } else {
+                LogitRows::None
+            };
+            plan.push((chunk.id, start, logits, samples));
             let block_table = self.kv.block_table(chunk.id).unwrap_or(&[]);
             let slots = self.kv.num_slotted_tokens(chunk.id).unwrap_or(0);
             let start_slot = slots.saturating_sub(chunk.num_new_tokens);
-            entries.push(BatchEntry { tokens: &seq.tokens[start..end], start_pos: start, start_slot, block_table, wants_logits });
+            entries.push(BatchEntry { tokens: &seq.tokens[start..end], start_pos: start, start_slot, block_table, logits });
             if let Some(b) = budgets.remove(&chunk.id) {
                 budgeted.push(BudgetedSeq {
                     seq: i,
@@ -386,8 +395,28 @@ impl Engine {
             self.after_forward(chunk.id, chunk.num_new_tokens);
         }
         let mut generated = 0;
-        for (id, mut row) in samplers.into_iter().zip(logits) {
+        let mut rows = logits.into_iter();
+        for (id, start, wanted, samples) in plan {
+            let chunk_rows: Vec<Vec<f32>> = match wanted {
+                LogitRows::None => Vec::new(),
+                LogitRows::Last => rows.next().into_iter().collect(),
+                LogitRows::All => {
+                    let n = self.seqs.get(&id).map_or(0, |s| s.num_computed - start);
+                    rows.by_ref().take(n).collect()
+                }
+            };
             let Some(seq) = self.seqs.get_mut(&id) else { continue };
+            let mut chunk_rows = chunk_rows;
+            let sample_row = if samples { chunk_rows.last().cloned() } else { None };
+            if wanted == LogitRows::All {
+                seq.score_prompt(start, std::mem::take(&mut chunk_rows));
+            }
+            let Some(mut row) = sample_row else { continue };
+            if seq.params.max_tokens == 0 {
+                seq.finish_scored();
+                self.remove(id, FinishKind::Length);
+                continue;
+            }
             let (prompt, output) = seq.tokens.split_at(seq.prompt_len);
             let sampled = match sample(&mut row, &seq.params, &mut seq.sampler, prompt, output) {
                 Ok(s) => s,

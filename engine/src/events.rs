@@ -90,8 +90,21 @@ pub enum MatchedStop {
     TokenId(u32),
 }
 
+/// Scores of prompt tokens computed in one step (requests that asked to score their prompt).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PromptScores {
+    /// Prompt position of the first scored token (≥ 1: the first token has no prediction).
+    pub first_token: usize,
+    /// `logprobs[i]`: prompt token `first_token + i` given the tokens before it.
+    pub logprobs: Vec<TokenLogprob>,
+    /// The raw f32 logits each of those tokens was predicted from (`NewRequest::prompt_logits`).
+    pub logits: Option<Vec<Vec<f32>>>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum RequestEvent {
+    /// Prompt tokens scored this step, in order, before any `Tokens` event.
+    PromptScores(PromptScores),
     Tokens(TokenDelta),
     Finished(Completion),
     /// The engine could not run the request (e.g. a forward-pass failure); final.

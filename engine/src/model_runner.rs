@@ -25,8 +25,18 @@ pub struct BatchEntry<'a> {
     pub start_slot: usize,
     /// The sequence's blocks, covering at least `start_slot + tokens.len()` slots.
     pub block_table: &'a [u32],
-    /// Whether the last token's logits are needed (the chunk completes the known tokens).
-    pub wants_logits: bool,
+    /// Which rows' logits the step returns for this entry.
+    pub logits: LogitRows,
+}
+
+/// The logits a batch entry needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    None,
+    /// The last token's (the chunk completes the known tokens: sample from it).
+    Last,
+    /// Every token's (the prompt is being scored).
+    All,
 }
 
 pub struct ModelRunner {
@@ -61,7 +71,8 @@ impl ModelRunner {
         Ok(())
     }
 
-    /// Runs the batch; returns, for each entry that wanted logits (in order), its f32 logits row.
+    /// Runs the batch; returns the f32 logits rows the entries asked for, entry after entry
+    /// (`All`: one per token; `Last`: one).
     /// `observer` sees every layer's attention (the KV policies' hook).
     pub fn run(&self, batch: &[BatchEntry], observer: Option<&mut dyn AttentionObserver>) -> Result<Vec<Vec<f32>>> {
         let bs = self.block_size;
@@ -84,8 +95,10 @@ impl ModelRunner {
                     .with_context(|| format!("block table too short for slot {slot}"))?;
                 slots.push((block as usize * bs + slot % bs) as i64);
             }
-            if entry.wants_logits {
-                rows.push((input_ids.len() - 1) as u32);
+            match entry.logits {
+                LogitRows::None => {}
+                LogitRows::Last => rows.push((input_ids.len() - 1) as u32),
+                LogitRows::All => rows.extend((input_ids.len() - entry.tokens.len()) as u32..input_ids.len() as u32),
             }
             tables.push(entry.block_table[..end.div_ceil(bs)].to_vec());
             query_lens.push(entry.tokens.len());

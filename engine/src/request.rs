@@ -20,13 +20,38 @@ pub struct NewRequest {
     pub params: SamplingParams,
     /// How this request's KV cache is kept (validated; `Full` unless the caller chose).
     pub kv: KvPolicy,
+    /// Also send the raw logits row of every scored prompt position (for evaluation tools that
+    /// compare whole distributions); implies scoring the prompt.
+    pub prompt_logits: bool,
+    /// Largest prefill chunk for this request (`None`: the engine's token budget decides), so
+    /// runs that must be compared chunk for chunk can be.
+    pub max_chunk_tokens: Option<usize>,
+    /// A prompt position no prefill chunk crosses: everything before it is computed (and, under a
+    /// KV budget, compressed) before the rest arrives, as when a question follows a context
+    /// in a second turn.
+    pub chunk_break: Option<usize>,
     pub arrival: Instant,
     pub(crate) events: Option<EventSink>,
 }
 
 impl NewRequest {
     pub fn new(prompt_ids: Vec<u32>, params: SamplingParams) -> Self {
-        Self { id: 0, prompt_ids, params, kv: KvPolicy::Full, arrival: Instant::now(), events: None }
+        Self {
+            id: 0,
+            prompt_ids,
+            params,
+            kv: KvPolicy::Full,
+            prompt_logits: false,
+            max_chunk_tokens: None,
+            chunk_break: None,
+            arrival: Instant::now(),
+            events: None,
+        }
+    }
+
+    /// Whether the engine computes every prompt position's distribution for this request.
+    pub fn scores_prompt(&self) -> bool {
+        self.prompt_logits || self.params.prompt_logprobs.is_some()
     }
 
     pub(crate) fn validate(&self, info: &EngineInfo) -> Result<(), SubmitError> {
@@ -36,9 +61,13 @@ impl NewRequest {
         if let Some(&bad) = self.prompt_ids.iter().find(|&&id| id as usize >= info.vocab_size) {
             return Err(SubmitError::TokenOutOfVocab { token_id: bad, vocab_size: info.vocab_size });
         }
-        self.params
-            .validate(info.vocab_size)
-            .map_err(|e| SubmitError::InvalidParam { param: e.param.to_string(), message: e.message })?;
+        let invalid = |e: crate::sampler::InvalidParam| SubmitError::InvalidParam { param: e.param.to_string(), message: e.message };
+        if self.params.max_tokens == 0 && self.prompt_logits {
+            // Scoring only: every other sampling field must still be valid.
+            SamplingParams { max_tokens: 1, ..self.params.clone() }.validate(info.vocab_size).map_err(invalid)?;
+        } else {
+            self.params.validate(info.vocab_size).map_err(invalid)?;
+        }
         // A budgeted request never holds more than its budget plus a chunk, so its length is
         // bounded by the model's context; one that keeps everything must fit the cache.
         let max_len = match self.kv.budget() {
@@ -59,6 +88,15 @@ impl NewRequest {
                 info.max_context_len
             }
         };
+        if self.max_chunk_tokens == Some(0) {
+            return Err(SubmitError::InvalidParam { param: "max_chunk_tokens".into(), message: "must be at least 1".into() });
+        }
+        if self.params.max_tokens == 0 && !self.scores_prompt() {
+            return Err(SubmitError::InvalidParam {
+                param: "max_tokens".into(),
+                message: "max_tokens must be at least 1 unless the prompt is scored".into(),
+            });
+        }
         let total = self.prompt_ids.len() + self.params.max_tokens;
         if total > max_len {
             return Err(SubmitError::TooLong {

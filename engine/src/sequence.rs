@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use kvault_models::tokenizer::{IncrementalDecoder, Tokenizer};
 
-use crate::events::{Completion, FinishReason, KvReport, MatchedStop, RequestEvent, TokenDelta, TokenLogprob, Usage};
+use crate::events::{Completion, FinishReason, KvReport, MatchedStop, PromptScores, RequestEvent, TokenDelta, TokenLogprob, Usage};
 use crate::sink::EventSink;
 use crate::kv_policy::KvPolicy;
 use crate::request::NewRequest;
@@ -40,6 +40,14 @@ pub(crate) struct Sequence {
     pub kv: KvPolicy,
     /// What the KV policy did so far (reported with the final event).
     pub kv_report: KvReport,
+    /// Prompt scoring: `Some(top_n)` when the prompt's tokens are scored.
+    pub prompt_scoring: Option<usize>,
+    /// Send raw logits rows with the prompt scores.
+    pub prompt_logits: bool,
+    /// Next prompt token to score (a recomputed chunk is not scored twice).
+    pub next_scored: usize,
+    pub max_chunk_tokens: Option<usize>,
+    pub chunk_break: Option<usize>,
     decoder: IncrementalDecoder,
     stop: StopStringMatcher,
     events: Option<EventSink>,
@@ -62,6 +70,7 @@ impl Sequence {
         max_model_len: usize,
     ) -> Self {
         let sampler = SamplerState::new(&req.params, &eos_token_ids);
+        let prompt_scoring = req.params.prompt_logprobs.or(req.prompt_logits.then_some(0));
         // Decoding in the prompt's context keeps SentencePiece's leading space on the first
         // generated word (decoded alone, "▁there" would lose it).
         let decoder = IncrementalDecoder::with_context(tokenizer.clone(), true, &req.prompt_ids)
@@ -79,6 +88,11 @@ impl Sequence {
             cached_tokens: None,
             kv: req.kv,
             kv_report: KvReport { policy: req.kv, ..KvReport::default() },
+            prompt_scoring,
+            prompt_logits: req.prompt_logits,
+            next_scored: 1,
+            max_chunk_tokens: req.max_chunk_tokens,
+            chunk_break: req.chunk_break,
             decoder,
             events: req.events,
             eos_token_ids,
@@ -148,6 +162,36 @@ impl Sequence {
         }
     }
 
+    /// Sends the scores of prompt tokens predicted by the rows of positions
+    /// `[first_row, first_row + rows.len())`; tokens already scored are skipped.
+    pub fn score_prompt(&mut self, first_row: usize, rows: Vec<Vec<f32>>) {
+        let Some(top_n) = self.prompt_scoring else { return };
+        let mut logprobs = Vec::new();
+        let mut kept = Vec::new();
+        let first_token = self.next_scored;
+        for (i, row) in rows.into_iter().enumerate() {
+            let token_pos = first_row + i + 1;
+            if token_pos < self.next_scored || token_pos >= self.prompt_len {
+                continue;
+            }
+            let token = self.tokens[token_pos];
+            let lse = crate::sampler::logprobs::log_sum_exp(&row);
+            logprobs.push(TokenLogprob {
+                token_id: token,
+                logprob: row[token as usize] - lse,
+                top: crate::sampler::logprobs::top_logprobs(&row, lse, top_n),
+            });
+            if self.prompt_logits {
+                kept.push(row);
+            }
+            self.next_scored = token_pos + 1;
+        }
+        if !logprobs.is_empty() {
+            let logits = self.prompt_logits.then_some(kept);
+            self.send(RequestEvent::PromptScores(PromptScores { first_token, logprobs, logits }));
+        }
+    }
+
     /// Sends the final event (for aborts: nothing held back is released).
     pub fn finish_with(&mut self, reason: FinishReason, matched_stop: Option<MatchedStop>, trailing_text: String) {
         let usage = Usage {
@@ -157,6 +201,11 @@ impl Sequence {
         };
         let kv = self.kv_report;
         self.send(RequestEvent::Finished(Completion { reason, matched_stop, usage, trailing_text, kv, at: Instant::now() }));
+    }
+
+    /// Ends a request that asked for no output tokens once its prompt is computed.
+    pub fn finish_scored(&mut self) {
+        self.finish_with(FinishReason::Length, None, String::new());
     }
 
     pub fn fail(&mut self, message: String) {

@@ -18,7 +18,7 @@
 use crate::error::Result;
 use crate::choice::PolicyConfig;
 use crate::policy::{Capacity, Occupant, Policy};
-use crate::footprint::{decode_cap, max_chunk, step_blocks};
+use crate::footprint::{decode_cap, step_blocks};
 use crate::view::{FinishKind, RequestView, ScheduledChunk, StepDecision, StepInput};
 
 pub struct Scheduler {
@@ -72,7 +72,7 @@ impl Scheduler {
         let mut i = 0;
         while i < alive && budget > 0 {
             let r = &input.running[i];
-            let new = (r.num_tokens - r.num_computed_tokens).min(budget).min(max_chunk(r.kv_token_cap));
+            let new = (r.num_tokens - r.num_computed_tokens).min(budget).min(r.chunk_limit(r.num_computed_tokens));
             if new == 0 {
                 held_after.push(r.num_computed_tokens);
                 i += 1;
@@ -172,7 +172,7 @@ fn fit(w: &RequestView, bs: usize, budget: usize, free: usize) -> Option<Fit> {
     let hit = w.prefix_hit_tokens.min(max_hit);
     let hit_blocks = hit / bs;
     let hit_from_free = w.prefix_hit_free_blocks.min(hit_blocks);
-    let new = (w.num_tokens - hit).min(budget).min(max_chunk(w.kv_token_cap));
+    let new = (w.num_tokens - hit).min(budget).min(w.chunk_limit(hit));
     // A capped request will rewrite its slots, so it gets private copies of its hit blocks.
     let shared = if w.kv_token_cap.is_some() { 0 } else { hit_blocks };
     let fresh = step_blocks(hit, new, w.kv_token_cap, bs).saturating_sub(shared);
@@ -396,6 +396,8 @@ mod tests {
                         w.prefix_hit_tokens = rng.random_range(0..=w.num_tokens / BS) * BS;
                         w.prefix_hit_free_blocks = rng.random_range(0..=w.prefix_hit_tokens / BS);
                         w.kv_token_cap = rng.random_bool(0.2).then(|| rng.random_range(1..200));
+                        w.max_chunk_tokens = rng.random_bool(0.2).then(|| rng.random_range(1..50));
+                        w.chunk_break = rng.random_bool(0.2).then(|| rng.random_range(1..120));
                         w
                     })
                     .collect();
@@ -416,7 +418,7 @@ mod tests {
                     let held = r.blocks_held + c.num_prefix_hit_tokens / BS + c.new_blocks;
                     let computed = r.num_computed_tokens + c.num_prefix_hit_tokens;
                     assert!(computed + c.num_new_tokens <= r.num_tokens && c.num_new_tokens > 0);
-                    assert!(c.num_new_tokens <= max_chunk(r.kv_token_cap), "{c:?} for {r:?}");
+                    assert!(c.num_new_tokens <= r.chunk_limit(computed), "{c:?} for {r:?}");
                     assert!(held >= step_blocks(computed, c.num_new_tokens, r.kv_token_cap, BS), "{c:?} for {r:?}");
                 }
             }

@@ -51,6 +51,23 @@ pub struct RequestView {
     /// KV eviction budget: tokens kept per KV head per layer between steps (see `footprint`:
     /// a step holds the budget plus its chunk, and a chunk is at most the budget).
     pub kv_token_cap: Option<usize>,
+    /// Largest prefill chunk the request accepts (besides its KV budget's), e.g. so evaluation
+    /// runs compare chunk for chunk.
+    pub max_chunk_tokens: Option<usize>,
+    /// A position no prefill chunk crosses: the tokens before it are computed (and, under a KV
+    /// budget, compressed) before any token after it (a context, then a question).
+    pub chunk_break: Option<usize>,
+}
+
+impl RequestView {
+    /// The longest chunk this request may compute in one step, once `computed` tokens are.
+    pub fn chunk_limit(&self, computed: usize) -> usize {
+        let to_break = match self.chunk_break {
+            Some(b) if computed < b => b - computed,
+            _ => usize::MAX,
+        };
+        crate::footprint::max_chunk(self.kv_token_cap).min(self.max_chunk_tokens.unwrap_or(usize::MAX)).min(to_break)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +175,8 @@ impl<'a> StepInput<'a> {
                     r.id, r.exclusive_blocks, r.blocks_held
                 ));
             }
-            if r.kv_token_cap == Some(0) {
-                return bad(format!("request {}: kv_token_cap is 0", r.id));
+            if r.kv_token_cap == Some(0) || r.max_chunk_tokens == Some(0) {
+                return bad(format!("request {}: kv_token_cap or max_chunk_tokens is 0", r.id));
             }
         }
         for w in self.waiting {

@@ -100,6 +100,7 @@ fn stream_reply(stream: &mut kvault_engine::handle::RequestStream) -> Result<Str
                 writeln!(out, "{}", done.trailing_text)?;
                 return Ok(reply);
             }
+            Some(RequestEvent::PromptScores(_)) => {} // never asked for here
             Some(RequestEvent::Failed(e)) => anyhow::bail!("generation failed: {e}"),
             None => anyhow::bail!("the engine stopped"),
         }

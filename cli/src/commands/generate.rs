@@ -97,6 +97,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 }
                 break;
             }
+            Some(RequestEvent::PromptScores(_)) => {} // never asked for here
             Some(RequestEvent::Failed(e)) => anyhow::bail!("generation failed: {e}"),
             None => anyhow::bail!("the engine stopped before the request finished"),
         }

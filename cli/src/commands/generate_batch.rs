@@ -213,6 +213,7 @@ async fn collect(mut stream: kvault_engine::handle::RequestStream) -> Value {
                     "kv": kv::report_json(&done.kv),
                 });
             }
+            Some(RequestEvent::PromptScores(_)) => {} // never asked for here
             Some(RequestEvent::Failed(e)) => return json!({ "error": e }),
             None => return json!({ "error": "the engine stopped before the request finished" }),
         }

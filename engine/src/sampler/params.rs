@@ -40,6 +40,10 @@ pub struct SamplingParams {
     /// `Some(n)`: return the chosen token's logprob plus the n most likely alternatives
     /// (0 = chosen only). Logprobs are of the raw model distribution.
     pub logprobs: Option<usize>,
+    /// `Some(n)`: also score the prompt: each prompt token's logprob given the tokens before it,
+    /// with the n most likely alternatives (vLLM's `prompt_logprobs`). Such a request gets no
+    /// prefix-cache hit (every prompt position must be computed) and may ask for 0 tokens.
+    pub prompt_logprobs: Option<usize>,
     /// Completions per prompt.
     pub n: usize,
     /// EOS and stop tokens are masked until this many tokens are generated.
@@ -64,6 +68,7 @@ impl Default for SamplingParams {
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            prompt_logprobs: None,
             n: 1,
             min_tokens: 0,
         }
@@ -144,8 +149,13 @@ impl SamplingParams {
                 );
             }
         }
-        if self.max_tokens == 0 {
-            return invalid("max_tokens", "max_tokens must be at least 1, got 0".into());
+        if self.max_tokens == 0 && self.prompt_logprobs.is_none() {
+            return invalid("max_tokens", "max_tokens must be at least 1 (0 only when scoring the prompt), got 0".into());
+        }
+        if let Some(k) = self.prompt_logprobs {
+            if k > MAX_LOGPROBS {
+                return invalid("prompt_logprobs", format!("prompt_logprobs must be at most {MAX_LOGPROBS}, got {k}"));
+            }
         }
         if self.min_tokens > self.max_tokens {
             return invalid(

@@ -51,6 +51,9 @@ pub fn greedy(max_tokens: usize) -> SamplingParams {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Collected {
+    /// Prompt scores, when asked for: logprobs of prompt tokens 1.., and raw logits rows.
+    pub prompt_logprobs: Vec<TokenLogprob>,
+    pub prompt_logits: Vec<Vec<f32>>,
     pub ids: Vec<u32>,
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
@@ -59,8 +62,14 @@ pub struct Collected {
 
 pub fn collect(mut s: RequestStream) -> Collected {
     let (mut ids, mut text, mut logprobs) = (Vec::new(), String::new(), Vec::new());
+    let (mut prompt_logprobs, mut prompt_logits) = (Vec::new(), Vec::new());
     loop {
         match s.blocking_next().expect("stream ended without a final event") {
+            RequestEvent::PromptScores(p) => {
+                assert_eq!(p.first_token, prompt_logprobs.len() + 1, "prompt scores arrive in order, once");
+                prompt_logprobs.extend(p.logprobs);
+                prompt_logits.extend(p.logits.unwrap_or_default());
+            }
             RequestEvent::Tokens(d) => {
                 ids.extend(d.token_ids);
                 text.push_str(&d.text);
@@ -68,7 +77,7 @@ pub fn collect(mut s: RequestStream) -> Collected {
             }
             RequestEvent::Finished(done) => {
                 text.push_str(&done.trailing_text);
-                return Collected { ids, text, logprobs, done };
+                return Collected { prompt_logprobs, prompt_logits, ids, text, logprobs, done };
             }
             RequestEvent::Failed(e) => panic!("request failed: {e}"),
         }

@@ -82,6 +82,8 @@ impl Live {
             prefix_hit_tokens: 0,
             prefix_hit_free_blocks: 0,
             kv_token_cap: kv_budget,
+            max_chunk_tokens: None,
+            chunk_break: None,
         }
     }
 }

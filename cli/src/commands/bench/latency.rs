@@ -155,6 +155,7 @@ fn one_iteration(engine: &EngineHandle, prompt: Vec<u32>, output_len: usize, kv_
                     e2e: done.at.duration_since(submitted).as_secs_f64(),
                 });
             }
+            Some(RequestEvent::PromptScores(_)) => {} // never asked for here
             Some(RequestEvent::Failed(e)) => bail!("the engine failed: {e}"),
             None => bail!("the engine stopped before the request finished"),
         }

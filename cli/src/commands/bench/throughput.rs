@@ -148,6 +148,7 @@ fn wait_for(mut stream: RequestStream) -> Result<(usize, usize)> {
         match stream.blocking_next() {
             Some(RequestEvent::Tokens(_)) => {}
             Some(RequestEvent::Finished(done)) => return Ok((done.usage.prompt_tokens, done.usage.completion_tokens)),
+            Some(RequestEvent::PromptScores(_)) => {} // never asked for here
             Some(RequestEvent::Failed(e)) => bail!("the engine failed: {e}"),
             None => bail!("the engine stopped before the request finished"),
         }

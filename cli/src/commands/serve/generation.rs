@@ -84,6 +84,7 @@ pub async fn gather(streams: Vec<ObservedStream>) -> Result<Vec<ChoiceOutput>, A
                 partial[i].0.push_str(&c.trailing_text);
                 done[i] = Some(c);
             }
+            RequestEvent::PromptScores(_) => {} // prompt logprobs are not requested by the server yet
             RequestEvent::Failed(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
         }
     }

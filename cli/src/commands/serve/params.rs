@@ -101,6 +101,7 @@ impl CommonFields {
             top_k,
             top_p: self.top_p.unwrap_or(d.top_p),
             min_p: self.min_p.unwrap_or(d.min_p),
+            prompt_logprobs: None,
             repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),

@@ -93,6 +93,7 @@ pub fn response<F: ChunkFormatter>(events: BoxStream<'static, (usize, RequestEve
                     let chunk = st.formatter.finished(i, &c);
                     st.push(chunk);
                 }
+                Some((_, RequestEvent::PromptScores(_))) => {} // not requested by the server yet
                 Some((_, RequestEvent::Failed(e))) => {
                     // OpenAI-style clients raise on an `error` event; the other choices are
                     // aborted when their streams drop in `close`.
