@@ -141,7 +141,7 @@ impl Engine {
     /// are validated here too, and refused with a Failed event.)
     pub fn add_request(&mut self, req: NewRequest) {
         let id = req.id;
-        let max_len = if req.kv.budget().is_some() { self.info.max_context_len } else { self.info.max_model_len };
+        let max_len = self.info.max_len_for(&req.kv);
         let max_total = (req.prompt_ids.len() + req.params.max_tokens).min(max_len);
         let budget = RequestBudget::for_request(&req.kv, max_total, self.num_layers, self.num_kv_heads);
         let kind = req.kv.kind();

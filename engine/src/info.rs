@@ -10,6 +10,8 @@ use kvault_models::special_tokens::SpecialTokens;
 use kvault_models::tokenizer::Tokenizer;
 use kvault_scheduler::PolicyKind;
 
+use crate::kv_policy::KvPolicy;
+
 /// What the outside world may know about a running engine.
 #[derive(Clone)]
 pub struct EngineInfo {
@@ -28,3 +30,14 @@ pub struct EngineInfo {
     pub weights_description: String,
 }
 
+impl EngineInfo {
+    /// The longest request (prompt + max_tokens) a request with this KV policy may make: a
+    /// budgeted one is bounded by the model's context, one that keeps everything by the cache.
+    pub fn max_len_for(&self, kv: &KvPolicy) -> usize {
+        if kv.budget().is_some() {
+            self.max_context_len
+        } else {
+            self.max_model_len
+        }
+    }
+}

@@ -85,7 +85,7 @@ impl NewRequest {
                         ),
                     });
                 }
-                info.max_context_len
+                info.max_len_for(&self.kv)
             }
         };
         if self.max_chunk_tokens == Some(0) {

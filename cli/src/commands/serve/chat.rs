@@ -134,8 +134,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let prompt_ids = chat_prompt(&info, &messages, add_generation_prompt, req.tools.as_ref(), req.chat_template_kwargs.as_ref())?;
     let n = common.n()?;
     let include_usage = common.include_usage()?;
-    // OpenAI's chat default is "as long as the context allows".
-    let max_tokens = common.requested_max_tokens().unwrap_or_else(|| info.max_model_len.saturating_sub(prompt_ids.len()).max(1));
+    // OpenAI's chat default is "as long as the context allows" (a budgeted request's context is
+    // the model's, not the cache's).
+    let max_len = info.max_len_for(&kv);
+    let max_tokens = common.requested_max_tokens().unwrap_or_else(|| max_len.saturating_sub(prompt_ids.len()).max(1));
     let mut params = common.params(max_tokens)?;
     params.logprobs = logprobs;
     let streams = generation::submit_all(&engine, &state.metrics, &[PromptJob { prompt_ids, params, kv }], n)?;
