@@ -68,8 +68,13 @@ fn throughput_reports_vllm_lines_with_exact_token_totals() {
     // The server-side count includes BOS: the random dataset sizes prompts to exactly 64.
     assert_eq!(number_after(&out, "Total num prompt tokens:"), 8.0 * 64.0);
     assert_eq!(number_after(&out, "Total num output tokens:"), 8.0 * 16.0);
+    // Submitted at once into a pool that holds them all (the engine may step before the
+    // last submission arrives, so only the bounds are certain).
+    let peak = number_after(&out, "Peak running requests:");
+    assert!((1.0..=8.0).contains(&peak), "{out}");
     let j = read_json(&json);
     assert_eq!(j["num_requests"], 8);
+    assert_eq!(j["peak_running_requests"].as_f64(), Some(peak));
     assert_eq!(j["total_num_tokens"], 8 * 64 + 8 * 16);
     let elapsed = j["elapsed_time"].as_f64().unwrap();
     assert!(elapsed > 0.0);

@@ -16,6 +16,8 @@ const POLICIES: usize = KvPolicyKind::ALL.len();
 #[derive(Debug, Default)]
 pub struct EngineStats {
     running: AtomicU64,
+    /// Most requests running at once since the engine started.
+    peak_running: AtomicU64,
     waiting: AtomicU64,
     /// Fraction of KV blocks in use, as f64 bits.
     kv_usage_bits: AtomicU64,
@@ -50,6 +52,7 @@ pub struct KvPolicyCounters {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct StatsSnapshot {
     pub running: u64,
+    pub peak_running: u64,
     pub waiting: u64,
     pub kv_usage: f64,
     pub total_blocks: u64,
@@ -71,6 +74,7 @@ impl EngineStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             running: self.running.load(Relaxed),
+            peak_running: self.peak_running.load(Relaxed),
             waiting: self.waiting.load(Relaxed),
             kv_usage: f64::from_bits(self.kv_usage_bits.load(Relaxed)),
             total_blocks: self.total_blocks.load(Relaxed),
@@ -118,6 +122,7 @@ impl EngineStats {
 
     pub(crate) fn set_queues(&self, running: usize, waiting: usize) {
         self.running.store(running as u64, Relaxed);
+        self.peak_running.fetch_max(running as u64, Relaxed);
         self.waiting.store(waiting as u64, Relaxed);
     }
 

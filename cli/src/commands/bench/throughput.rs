@@ -50,6 +50,8 @@ pub struct Totals {
     pub prompt_tokens: usize,
     pub output_tokens: usize,
     pub elapsed_s: f64,
+    /// Most requests the engine ran at once.
+    pub peak_running: u64,
 }
 
 impl Totals {
@@ -72,13 +74,15 @@ impl Totals {
             "KV policy: {}\n\
              Throughput: {:.2} requests/s, {:.2} total tokens/s, {:.2} output tokens/s\n\
              Total num prompt tokens:  {}\n\
-             Total num output tokens:  {}\n",
+             Total num output tokens:  {}\n\
+             Peak running requests:    {}\n",
             self.kv_policy.describe(),
             self.requests_per_s(),
             self.total_tokens_per_s(),
             self.output_tokens_per_s(),
             self.prompt_tokens,
-            self.output_tokens
+            self.output_tokens,
+            self.peak_running
         )
     }
 
@@ -93,6 +97,7 @@ impl Totals {
             "tokens_per_second": self.total_tokens_per_s(),
             "output_tokens_per_second": self.output_tokens_per_s(),
             "kv_policy": kv::policy_json(&self.kv_policy),
+            "peak_running_requests": self.peak_running,
         })
     }
 }
@@ -124,13 +129,16 @@ pub fn run(args: ThroughputArgs) -> Result<()> {
         let stream = engine.submit(request).map_err(kv::submit_error).with_context(|| format!("request {i}"))?;
         streams.push(stream);
     }
-    let mut totals = Totals { kv_policy, requests: streams.len(), prompt_tokens: 0, output_tokens: 0, elapsed_s: 0.0 };
+    let mut totals =
+        Totals { kv_policy, requests: streams.len(), prompt_tokens: 0, output_tokens: 0, elapsed_s: 0.0, peak_running: 0 };
     for (i, stream) in streams.into_iter().enumerate() {
         let (prompt, output) = wait_for(stream).with_context(|| format!("request {i}"))?;
         totals.prompt_tokens += prompt;
         totals.output_tokens += output;
         bar.inc(1);
     }
+    // How many requests the KV pool let run at once: what a KV budget buys.
+    totals.peak_running = engine.stats().peak_running;
     totals.elapsed_s = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
@@ -161,13 +169,21 @@ mod tests {
 
     #[test]
     fn the_report_uses_vllm_lines_and_rates_divide_by_elapsed_time() {
-        let t = Totals { kv_policy: KvPolicy::H2o { budget: 64, recent_window: 32 }, requests: 4, prompt_tokens: 300, output_tokens: 100, elapsed_s: 2.0 };
+        let t = Totals {
+            kv_policy: KvPolicy::H2o { budget: 64, recent_window: 32 },
+            requests: 4,
+            prompt_tokens: 300,
+            output_tokens: 100,
+            elapsed_s: 2.0,
+            peak_running: 3,
+        };
         assert_eq!(
             t.render(),
             "KV policy: h2o (budget 64, recent 32)\n\
              Throughput: 2.00 requests/s, 200.00 total tokens/s, 50.00 output tokens/s\n\
              Total num prompt tokens:  300\n\
-             Total num output tokens:  100\n"
+             Total num output tokens:  100\n\
+             Peak running requests:    3\n"
         );
         let j = t.json();
         assert_eq!(j["total_num_tokens"], 400);
