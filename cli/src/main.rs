@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod kv;
+mod plot_font;
 mod prompt;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,9 @@ enum Command {
     /// Measure throughput and latency: offline, against a server, batch-1, or simulated.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// What KV policies cost in quality: perplexity, KL to the full cache, retrieval.
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA).
     Doctor,
 }
@@ -40,6 +44,7 @@ fn main() {
         Command::Chat(a) => commands::chat::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Eval(c) => commands::eval::run(c),
         Command::Doctor => commands::doctor::run(),
     };
     if let Err(e) = result {
