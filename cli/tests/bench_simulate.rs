@@ -108,6 +108,30 @@ fn simulate_is_reproducible_for_a_seed() {
 }
 
 #[test]
+fn a_kv_budget_lets_more_requests_share_the_simulated_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let goodput = |budget: Option<&str>| -> f64 {
+        let out = dir.path().join(budget.unwrap_or("full"));
+        let mut argv = vec![
+            "bench", "simulate", "--hardware", "a100", "--workload", "uniform-1", "--clients", "60",
+            "--num-requests", "60", "--policies", "aggressive", "--output-dir", out.to_str().unwrap(),
+        ];
+        if let Some(b) = budget {
+            argv.extend(["--kv-budget", b]);
+        }
+        let o = kvault(&argv);
+        assert!(o.status.success(), "stderr: {}", stderr(&o));
+        let recs: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("simulate-a100-uniform-1.json")).unwrap()).unwrap();
+        recs[0]["goodput_rps"].as_f64().unwrap()
+    };
+    let (full, budgeted) = (goodput(None), goodput(Some("512")));
+    assert!(budgeted > 2.0 * full, "budget 512: {budgeted} req/s vs full {full}");
+    let o = kvault(&["bench", "simulate", "--kv-budget", "0", "--output-dir", dir.path().to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--kv-budget"));
+}
+
+#[test]
 fn bad_simulate_flags_fail_with_a_message_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never");

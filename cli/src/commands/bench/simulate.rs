@@ -61,6 +61,10 @@ pub struct SimulateArgs {
     /// conservative policy then reserves that much); by default they send the workload's maximum.
     #[arg(long)]
     pub server_max_tokens: bool,
+    /// Every simulated request keeps at most this many KV tokens (a KV policy's budget): the
+    /// footprint the engine gives a budgeted request.
+    #[arg(long, value_parser = parse_positive)]
+    pub kv_budget: Option<usize>,
     /// Where the per-workload PNG, Markdown and JSON files go (created if missing).
     #[arg(long, default_value = ".")]
     pub output_dir: PathBuf,
@@ -145,6 +149,7 @@ fn build_config(args: &SimulateArgs) -> Result<SimConfig> {
         reserve: args.reserve,
         max_sim_time_s: args.duration_s,
         server_max_tokens: args.server_max_tokens,
+        kv_budget: args.kv_budget,
         ..SimConfig::default()
     })
 }
