@@ -148,6 +148,20 @@ pub fn policy_json(p: &KvPolicy) -> Value {
     v
 }
 
+/// The `kv_*` request fields that ask a server for exactly this policy (every parameter given,
+/// so the server's defaults cannot change it).
+pub fn request_fields(p: &KvPolicy) -> Value {
+    match *p {
+        KvPolicy::Full => json!({"kv_policy": "full"}),
+        KvPolicy::Streaming { budget, sink_tokens } => json!({"kv_policy": "streaming", "kv_budget": budget, "kv_sink_tokens": sink_tokens}),
+        KvPolicy::H2o { budget, recent_window } => json!({"kv_policy": "h2o", "kv_budget": budget, "kv_recent_window": recent_window}),
+        KvPolicy::SnapKv { budget, window, kernel, pooling } => json!({
+            "kv_policy": "snapkv", "kv_budget": budget, "kv_snapkv_window": window, "kv_snapkv_kernel": kernel,
+            "kv_snapkv_pooling": pooling.as_str(),
+        }),
+    }
+}
+
 /// What a finished request's policy did: the policy, its peak KV tokens held and tokens evicted.
 pub fn report_json(r: &KvReport) -> Value {
     let mut v = policy_json(&r.policy);
@@ -168,6 +182,21 @@ pub fn report_summary(r: &KvReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_fields_ask_for_exactly_the_policy() {
+        use kvault_engine::kv_policy::Pooling;
+        let server = KvPolicyConfig { policy: Some(kvault_engine::kv_policy::KvPolicyKind::H2o), budget: Some(999), ..Default::default() };
+        for p in [
+            KvPolicy::Full,
+            KvPolicy::Streaming { budget: 64, sink_tokens: 2 },
+            KvPolicy::H2o { budget: 64, recent_window: 8 },
+            KvPolicy::SnapKv { budget: 64, window: 16, kernel: 3, pooling: Pooling::Max },
+        ] {
+            let fields: KvFields = serde_json::from_value(request_fields(&p)).unwrap();
+            assert_eq!(fields.resolve(&server).unwrap(), p);
+        }
+    }
     use clap::Parser;
 
     #[derive(Parser, Debug)]

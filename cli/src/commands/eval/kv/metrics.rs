@@ -41,11 +41,17 @@ pub struct Tally {
 impl Tally {
     /// Adds one position: `full` and `policy` are log-distributions, `next` the true next token.
     pub fn add(&mut self, full: &[f64], policy: &[f64], next: u32) {
-        self.positions += 1;
-        self.nll -= policy[next as usize];
-        self.nll_full -= full[next as usize];
+        self.add_observed(-policy[next as usize], -full[next as usize], argmax(full) == argmax(policy));
         self.kl += kl(full, policy);
-        self.top1_agree += usize::from(argmax(full) == argmax(policy));
+    }
+
+    /// Adds one position known only by its NLLs and whether the top tokens agree (a server's
+    /// logprobs: no whole distribution, so no KL).
+    pub fn add_observed(&mut self, nll: f64, nll_full: f64, top1_agrees: bool) {
+        self.positions += 1;
+        self.nll += nll;
+        self.nll_full += nll_full;
+        self.top1_agree += usize::from(top1_agrees);
     }
 
     pub fn mean_kl(&self) -> f64 {

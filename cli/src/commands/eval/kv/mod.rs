@@ -3,10 +3,12 @@
 //! (policy, budget); per policy the mean KL(full ‖ policy), perplexity and top-1 agreement over
 //! the positions past the budget, as a table, a JSON file and a PNG.
 //!
-//! Layout: [`windows`] cuts the text, [`score`] drives the engine and matches rows,
-//! [`metrics`] computes KL/NLL/top-1, [`report`] writes the table, JSON and plot.
+//! Layout: [`windows`] cuts the text, [`score`] drives the engine and matches rows (or
+//! [`remote`] asks a running server), [`metrics`] computes KL/NLL/top-1, [`report`] writes the
+//! table, JSON and plot.
 
 mod metrics;
+mod remote;
 mod report;
 mod score;
 mod windows;
@@ -55,6 +57,17 @@ pub struct EvalKvArgs {
     /// Write KL and perplexity against budget as a PNG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Evaluate a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8000): its own
+    /// chunking and batching; perplexity and top-1 agreement only (no KL: the API returns no
+    /// whole distributions). The tokenizer comes from --tokenizer.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// With --base-url: the model's tokenizer (a folder, .gguf or the embedded model's name).
+    #[arg(long, requires = "base_url")]
+    pub tokenizer: Option<String>,
+    /// With --base-url: the model name to send.
+    #[arg(long = "served-model-name", requires = "base_url")]
+    pub served_model_name: Option<String>,
 }
 
 pub fn run(args: EvalKvArgs) -> Result<()> {
@@ -63,6 +76,9 @@ pub fn run(args: EvalKvArgs) -> Result<()> {
         bail!("--chunk must be at least 1 and --context-len at least 2");
     }
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
+    if let Some(url) = &args.base_url {
+        return run_remote(&args, url, &policies, &text);
+    }
     let loaded = args.model.load()?;
     let ids = loaded.tokenizer.encode(&text, true).with_context(|| format!("{}: cannot tokenize", args.text.display()))?;
     let windows = windows::windows(&ids, args.context_len, args.stride.unwrap_or(args.context_len), args.max_windows)
@@ -98,13 +114,46 @@ pub fn run(args: EvalKvArgs) -> Result<()> {
         reference,
         scored,
         include_full: args.policies.contains(&KvPolicyKind::Full),
+        has_kl: true,
     };
+    publish(&report, &args)
+}
+
+fn publish(report: &report::Report, args: &EvalKvArgs) -> Result<()> {
     print!("{}", report.markdown());
     report.write_json(&args.output_json)?;
     if let Some(path) = &args.plot {
         report.write_png(path)?;
     }
     Ok(())
+}
+
+fn run_remote(args: &EvalKvArgs, url: &str, policies: &[KvPolicy], text: &str) -> Result<()> {
+    let tokenizer = crate::commands::bench::serve::load_tokenizer(args.tokenizer.as_deref())?;
+    let ids = tokenizer.encode(text, true).with_context(|| format!("{}: cannot tokenize", args.text.display()))?;
+    let windows = windows::windows(&ids, args.context_len, args.stride.unwrap_or(args.context_len), args.max_windows)
+        .with_context(|| args.text.display().to_string())?;
+    let bar = ProgressBar::new((windows.len() * (1 + policies.len()) * (args.context_len - 1)) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} positions scored [{elapsed_precise}<{eta_precise}]")
+            .expect("static progress template is valid"),
+    );
+    let started = Instant::now();
+    let (reference, scored) = remote::score(url, args.served_model_name.as_deref(), &windows, policies, &bar)?;
+    bar.finish_and_clear();
+    let report = report::Report {
+        model: format!("{url} ({})", args.served_model_name.as_deref().unwrap_or("served model")),
+        text: args.text.display().to_string(),
+        context_len: args.context_len,
+        chunk: 0,
+        windows: windows.len(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        reference,
+        scored,
+        include_full: args.policies.contains(&KvPolicyKind::Full),
+        has_kl: false,
+    };
+    publish(&report, args)
 }
 
 /// Every budgeted policy at every budget, with its default parameters; `full` is the reference.

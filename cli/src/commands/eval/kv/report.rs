@@ -27,6 +27,8 @@ pub struct Report {
     pub scored: Vec<Scored>,
     /// Whether `full` was asked for as a row of its own.
     pub include_full: bool,
+    /// Whole distributions were compared (in process); a server gives only logprobs.
+    pub has_kl: bool,
 }
 
 impl Report {
@@ -40,19 +42,20 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
+        let chunking = if self.chunk > 0 { format!("chunks of {}", self.chunk) } else { "the server's chunking".into() };
         let mut out = format!(
-            "{} on {}: {} window(s) of {} tokens, chunks of {}, {:.1} s\n\
+            "{} on {}: {} window(s) of {} tokens, {chunking}, {:.1} s\n\
              Scored positions are those past each budget (the full cache: all).\n\n\
              | policy | budget | mean KL(full ‖ policy) | perplexity | full-cache perplexity (same positions) | top-1 agreement | positions |\n\
              |---|---:|---:|---:|---:|---:|---:|\n",
-            self.model, self.text, self.windows, self.context_len, self.chunk, self.elapsed_s
+            self.model, self.text, self.windows, self.context_len, self.elapsed_s
         );
         for (policy, t) in self.rows() {
             let budget = policy.budget().map_or("-".to_string(), |b| b.to_string());
+            let kl = if self.has_kl { format!("{:.5}", t.mean_kl()) } else { "n/a".into() };
             out += &format!(
-                "| {} | {budget} | {:.5} | {:.3} | {:.3} | {:.4} | {} |\n",
+                "| {} | {budget} | {kl} | {:.3} | {:.3} | {:.4} | {} |\n",
                 policy.kind(),
-                t.mean_kl(),
                 t.ppl(),
                 t.ppl_full(),
                 t.top1_agreement(),
@@ -71,7 +74,7 @@ impl Report {
                     "policy": policy.kind().as_str(),
                     "budget": policy.budget(),
                     "parameters": kv::policy_json(&policy),
-                    "kl": t.mean_kl(),
+                    "kl": self.has_kl.then(|| t.mean_kl()),
                     "ppl": t.ppl(),
                     "ppl_full": t.ppl_full(),
                     "nll": t.nll / t.positions.max(1) as f64,
@@ -148,7 +151,8 @@ impl Report {
         };
         let kl = series(&|t| t.mean_kl());
         let ppl = series(&|t| t.ppl());
-        for (panel, (title, data, reference)) in panels.iter().zip([("mean KL(full ‖ policy)", kl, None), ("perplexity", ppl, Some(full_line))]) {
+        let (first, second) = if self.has_kl { ("mean KL(full ‖ policy)", kl) } else { ("top-1 agreement with the full cache", series(&|t| t.top1_agreement())) };
+        for (panel, (title, data, reference)) in panels.iter().zip([(first, second, None), ("perplexity", ppl, Some(full_line))]) {
             let values = || data.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).chain(reference.iter().flatten().map(|q| q.1));
             let top = values().fold(0.0f64, f64::max);
             // KL starts at 0; perplexity is shown around its values so differences are visible.
