@@ -14,8 +14,6 @@ use kvault_kernels_emu::LaunchStats;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-const GROUPS: [usize; 3] = [1, 3, 8];
-const SHAPES: [(usize, usize); 4] = [(16, 64), (16, 128), (32, 64), (32, 128)];
 
 fn scale(head_dim: usize) -> f32 {
     1.0 / (head_dim as f32).sqrt()
@@ -27,26 +25,22 @@ fn decode_kernel_matches_cpu_op_for_every_dtype_shape_and_gqa_ratio() -> Result<
     let mut stats = LaunchStats::default();
     let mut rng = StdRng::seed_from_u64(11);
     let mut cases = 0;
-    for dtype in DTYPES {
-        for (block_size, head_dim) in SHAPES {
-            for group in GROUPS {
-                // Ragged decode contexts: shorter than a block, one past a block, a few blocks.
-                let case = AttnCase {
-                    dtype,
-                    block_size,
-                    head_dim,
-                    num_kv_heads: 2,
-                    group,
-                    seqs: vec![(1, 5), (1, block_size + 1), (1, 3 * block_size + 7)],
-                };
-                let inp = build_attention(&case, &mut rng)?;
-                let want = paged_attention(&inp.q, &inp.cache, &inp.meta, scale(head_dim))?;
-                let (got, _, s) = emulate_decode(&inp, scale(head_dim), None)?;
-                assert_close(&got, &want, &format!("decode {case:?}"))?;
-                stats += s;
-                cases += 1;
-            }
-        }
+    for (dtype, block_size, head_dim, group) in attention_grid() {
+        // Ragged decode contexts: shorter than a block, one past a block, a few blocks.
+        let case = AttnCase {
+            dtype,
+            block_size,
+            head_dim,
+            num_kv_heads: 2,
+            group,
+            seqs: vec![(1, 5), (1, block_size + 1), (1, 3 * block_size + 7)],
+        };
+        let inp = build_attention(&case, &mut rng)?;
+        let want = paged_attention(&inp.q, &inp.cache, &inp.meta, scale(head_dim))?;
+        let (got, _, s) = emulate_decode(&inp, scale(head_dim), None)?;
+        assert_close(&got, &want, &format!("decode {case:?}"))?;
+        stats += s;
+        cases += 1;
     }
     report("decode × dtype × shape × gqa", cases, stats, start.elapsed());
     Ok(())
@@ -95,30 +89,26 @@ fn prefill_kernel_matches_cpu_op_on_mixed_chunks_and_decode_rows() -> Result<()>
     let mut stats = LaunchStats::default();
     let mut rng = StdRng::seed_from_u64(13);
     let mut cases = 0;
-    for dtype in DTYPES {
-        for (block_size, head_dim) in SHAPES {
-            for group in GROUPS {
-                let case = AttnCase {
-                    dtype,
-                    block_size,
-                    head_dim,
-                    num_kv_heads: 2,
-                    group,
-                    seqs: vec![
-                        (7, 7),                   // fresh prefill, shorter than a block
-                        (1, block_size + 2),      // decode row in the same batch
-                        (5, 2 * block_size + 3),  // chunk after cached context, straddling blocks
-                        (19, 19),                 // several query tiles for every group size
-                    ],
-                };
-                let inp = build_attention(&case, &mut rng)?;
-                let want = paged_attention(&inp.q, &inp.cache, &inp.meta, scale(head_dim))?;
-                let (got, s) = emulate_prefill(&inp, scale(head_dim))?;
-                assert_close(&got, &want, &format!("prefill {case:?}"))?;
-                stats += s;
-                cases += 1;
-            }
-        }
+    for (dtype, block_size, head_dim, group) in attention_grid() {
+        let case = AttnCase {
+            dtype,
+            block_size,
+            head_dim,
+            num_kv_heads: 2,
+            group,
+            seqs: vec![
+                (7, 7),                   // fresh prefill, shorter than a block
+                (1, block_size + 2),      // decode row in the same batch
+                (5, 2 * block_size + 3),  // chunk after cached context, straddling blocks
+                (19, 19),                 // several query tiles for every group size
+            ],
+        };
+        let inp = build_attention(&case, &mut rng)?;
+        let want = paged_attention(&inp.q, &inp.cache, &inp.meta, scale(head_dim))?;
+        let (got, s) = emulate_prefill(&inp, scale(head_dim))?;
+        assert_close(&got, &want, &format!("prefill {case:?}"))?;
+        stats += s;
+        cases += 1;
     }
     report("prefill × dtype × shape × gqa", cases, stats, start.elapsed());
     Ok(())

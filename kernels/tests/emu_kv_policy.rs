@@ -17,8 +17,6 @@ use kvault_kernels_emu::LaunchStats;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const GROUPS: [usize; 3] = [1, 3, 8];
-const SHAPES: [(usize, usize); 4] = [(16, 64), (16, 128), (32, 64), (32, 128)];
 
 fn voter(seq: usize, first_query: usize) -> MassVoter {
     MassVoter { seq, first_query }
@@ -46,33 +44,29 @@ fn attention_mass_kernel_matches_cpu_op_for_every_dtype_shape_and_gqa_ratio() ->
     let mut stats = LaunchStats::default();
     let mut rng = StdRng::seed_from_u64(31);
     let mut cases = 0;
-    for dtype in DTYPES {
-        for (block_size, head_dim) in SHAPES {
-            for group in GROUPS {
-                let case = AttnCase {
-                    dtype,
-                    block_size,
-                    head_dim,
-                    num_kv_heads: 2,
-                    group,
-                    seqs: vec![
-                        (7, 7),                  // fresh prefill, shorter than a block
-                        (1, block_size + 2),     // decode row that does not vote
-                        (5, 2 * block_size + 3), // chunk after cached context, straddling blocks
-                        (19, 19),                // long chunk: several row tiles
-                        (1, 3 * block_size + 7), // decode row that votes
-                    ],
-                };
-                let inp = build_attention(&case, &mut rng)?;
-                // SnapKV-style windows (the last 10 rows, the last row) next to whole chunks and
-                // decode rows, out of batch order. Rows per voter × group cover row tiles of
-                // 1, 2 (10 rows at G=1: 8 + 2), 3-4 and 5-8.
-                let voters = [voter(3, 9), voter(0, 0), voter(2, 4), voter(4, 0)];
-                let what = format!("attention_mass {case:?}");
-                stats += check_mass(&inp, 1.0 / (head_dim as f32).sqrt(), &voters, &what)?;
-                cases += 1;
-            }
-        }
+    for (dtype, block_size, head_dim, group) in attention_grid() {
+        let case = AttnCase {
+            dtype,
+            block_size,
+            head_dim,
+            num_kv_heads: 2,
+            group,
+            seqs: vec![
+                (7, 7),                  // fresh prefill, shorter than a block
+                (1, block_size + 2),     // decode row that does not vote
+                (5, 2 * block_size + 3), // chunk after cached context, straddling blocks
+                (19, 19),                // long chunk: several row tiles
+                (1, 3 * block_size + 7), // decode row that votes
+            ],
+        };
+        let inp = build_attention(&case, &mut rng)?;
+        // SnapKV-style windows (the last 10 rows, the last row) next to whole chunks and
+        // decode rows, out of batch order. Rows per voter × group cover row tiles of
+        // 1, 2 (10 rows at G=1: 8 + 2), 3-4 and 5-8.
+        let voters = [voter(3, 9), voter(0, 0), voter(2, 4), voter(4, 0)];
+        let what = format!("attention_mass {case:?}");
+        stats += check_mass(&inp, 1.0 / (head_dim as f32).sqrt(), &voters, &what)?;
+        cases += 1;
     }
     report("attention_mass × dtype × shape × gqa", cases, stats, start.elapsed());
     Ok(())

@@ -20,6 +20,17 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 pub const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+/// GQA ratios (query heads per KV head) the attention kernels are checked at.
+pub const GROUPS: [usize; 3] = [1, 3, 8];
+/// (block size, head dim) pairs the attention kernels are compiled for.
+pub const SHAPES: [(usize, usize); 4] = [(16, 64), (16, 128), (32, 64), (32, 128)];
+
+/// Every (dtype, block size, head dim, GQA ratio) an attention kernel is checked at.
+pub fn attention_grid() -> impl Iterator<Item = (DType, usize, usize, usize)> {
+    DTYPES.into_iter().flat_map(|dtype| {
+        SHAPES.into_iter().flat_map(move |(block_size, head_dim)| GROUPS.into_iter().map(move |group| (dtype, block_size, head_dim, group)))
+    })
+}
 
 pub fn kernel_dtype(dtype: DType) -> KernelDtype {
     match dtype {
