@@ -120,7 +120,7 @@ impl Report {
         let (header, body) = root.split_vertically(60);
         header
             .draw_text(
-                &format!("{}: quality under a KV budget ({} tokens, {} window(s))", self.model, self.context_len, self.windows),
+                &format!("{}: quality under a KV budget ({} tokens, {} window(s))", short_name(&self.model), self.context_len, self.windows),
                 &("sans-serif", 22).into_font().color(&BLACK),
                 (20, 18),
             )
@@ -201,4 +201,9 @@ impl Report {
         root.present().map_err(|e| err(&e))?;
         Ok(())
     }
+}
+
+/// A model path's file name, for titles that must fit (the JSON keeps the full path).
+fn short_name(model: &str) -> &str {
+    std::path::Path::new(model).file_name().and_then(|n| n.to_str()).unwrap_or(model)
 }
