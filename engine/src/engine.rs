@@ -205,6 +205,8 @@ impl Engine {
             return;
         }
         if !decision.scheduled.is_empty() {
+            // Observers see this step's admissions and blocks before any of its tokens stream.
+            self.publish_queues();
             self.run_batch(&decision);
         }
         self.publish_queues();
