@@ -1,20 +1,16 @@
 //! The goodput-vs-clients PNG of one simulated (hardware, workload): one line per policy.
 //!
-//! Owns: chart layout, colours and the embedded font. Must not know how the records were
-//! simulated or where else they are written.
-//!
-//! Text is drawn with DejaVu Sans compiled into the binary (cli/assets/fonts, license beside it),
-//! so a machine without system fonts (a fresh CI image) still gets labelled axes.
+//! Owns: chart layout and colours (text in the embedded font, `crate::font`). Must not know how
+//! the records were simulated or where else they are written.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
 use kvault_scheduler::sim::SimRecord;
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
-const FONT: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fonts/DejaVuSans.ttf"));
+use crate::font::ensure_font;
+
 pub const WIDTH: u32 = 960;
 pub const HEIGHT: u32 = 600;
 
@@ -22,17 +18,6 @@ pub const HEIGHT: u32 = 600;
 pub struct PlotLabels<'a> {
     pub title: &'a str,
     pub subtitle: &'a str,
-}
-
-/// plotters keeps fonts in a process-wide registry; registering once is enough for every chart.
-fn ensure_font() -> Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!("the embedded DejaVuSans.ttf is not a readable TrueType font"))
-    }
 }
 
 /// A fixed colour per known policy, so the same policy looks the same in every chart.
