@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod font;
 mod kv;
 mod prompt;
 
@@ -28,6 +29,9 @@ enum Command {
     /// Measure throughput and latency: offline, against a server, batch-1, or simulated.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
+    /// Evaluate answer quality under KV policies (retrieval accuracy), in-process or on a server.
+    #[command(subcommand)]
+    Eval(commands::eval::EvalCommand),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA).
     Doctor,
 }
@@ -40,6 +44,7 @@ fn main() {
         Command::Chat(a) => commands::chat::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Bench(c) => commands::bench::run(c),
+        Command::Eval(c) => commands::eval::run(c),
         Command::Doctor => commands::doctor::run(),
     };
     if let Err(e) = result {

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod doctor;
+pub mod eval;
 pub mod generate;
 pub mod generate_batch;
 pub mod bench;

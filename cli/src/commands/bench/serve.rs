@@ -173,7 +173,7 @@ fn tokenizer_for_model(model: &str) -> Option<&str> {
 }
 
 /// The tokenizer of `--tokenizer` (same forms as `--model`), without loading any weights.
-pub(super) fn load_tokenizer(spec: Option<&str>) -> Result<Tokenizer> {
+pub(crate) fn load_tokenizer(spec: Option<&str>) -> Result<Tokenizer> {
     let what = spec.unwrap_or(kvault_models::embedded::NAME);
     let source = ModelSource::parse(spec).with_context(|| format!("--tokenizer {what}"))?;
     let side = source.side_files_dir().map(|d| d.join("tokenizer.json")).filter(|p| p.is_file());
