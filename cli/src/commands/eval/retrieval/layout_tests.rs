@@ -100,7 +100,7 @@ fn prompt_and_answer_fill_the_context_length_to_within_a_sentence() {
     for haystack in [Haystack::filler(), book()] {
         let sentence = longest_sentence(&tok, &haystack);
         for task in Task::ALL {
-            for context_len in [256, 1000, 1024, 4096] {
+            for context_len in [512, 1000, 1024, 4096] {
                 let (_, p) = sample_and_prompt(&tok, &haystack, 5, id(task, context_len, 0.5, 2));
                 let used = p.ids.len() + task.max_tokens();
                 assert!(used <= context_len && used + sentence + 1 >= context_len, "{task} {context_len}: {used}");

@@ -10,7 +10,9 @@
 //!   keys, other numbers) at random depths; one key is asked, the answer is its number.
 //! - vartrack = RULER `vt` (one chain, four hops): "VAR QXWTR = 48291." at the requested depth,
 //!   then "VAR JNBKA = VAR QXWTR." and so on, each later in the text, at random depths between
-//!   the first and the end; the answer is all five names.
+//!   the first and the end; the answer is all five names. As in RULER, the prompt opens with a
+//!   one-shot example: a short instance of the task (another chain in ten filler sentences)
+//!   with its answer.
 //!
 //! Owns: wording, keys, values and where each needle goes (as a fraction of the haystack).
 //! Must not know: tokens (placing needles among sentences is `layout`), models or scoring.
@@ -19,6 +21,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::answer::{Answer, VARIABLE_NAME_LEN};
+use super::haystack::FILLER;
 use super::rng::{derive_seed, SplitMix64};
 use super::words;
 
@@ -158,37 +161,88 @@ pub fn generate(seed: u64, id: SampleId) -> Sample {
             }
         }
         Task::Vartrack => {
-            let mut names: Vec<String> = Vec::with_capacity(VT_HOPS + 1);
-            while names.len() < VT_HOPS + 1 {
-                let name: String = (0..VARIABLE_NAME_LEN).map(|_| (b'A' + rng.below(26) as u8) as char).collect();
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-            let value = rng.between(10_000, 99_999).to_string();
+            // RULER prepends a one-shot demonstration (`add_fewshot`): a short filled-in
+            // instance of the same task, with its answer, then the real one.
+            let example = vartrack_example(&mut rng);
+            let chain = Chain::draw(&mut rng);
             // Each hop after the one it copies: later hops at sorted random depths in
             // [depth, 1], so the chain reads forward through the text.
             let mut hop_depths: Vec<f64> = (0..VT_HOPS).map(|_| id.depth + (1.0 - id.depth) * rng.unit()).collect();
             hop_depths.sort_by(f64::total_cmp);
-            let mut needles = vec![Needle { text: format!("VAR {} = {value}.", names[0]), depth: id.depth }];
-            for (hop, depth) in hop_depths.into_iter().enumerate() {
-                needles.push(Needle { text: format!("VAR {} = VAR {}.", names[hop + 1], names[hop]), depth });
-            }
+            let needles = chain
+                .statements()
+                .into_iter()
+                .zip(std::iter::once(id.depth).chain(hop_depths))
+                .map(|(text, depth)| Needle { text, depth })
+                .collect();
             Sample {
                 id,
-                header: VT_HEADER.into(),
+                header: format!("{example}{VT_HEADER}"),
                 context_opening: "\n\n",
                 needles,
-                question: format!("\nQuestion: Find all variables that are assigned the value {value} in the text above."),
-                answer_prefix: format!(
-                    " Answer: According to the chain(s) of variable assignment in the text above, {} variables are assigned the value {value}, they are:",
-                    VT_HOPS + 1
-                ),
-                answer: Answer::Variables(names),
+                question: chain.question(),
+                answer_prefix: chain.answer_prefix(),
+                answer: Answer::Variables(chain.names),
                 haystack_start,
             }
         }
     }
+}
+
+/// One variable chain: a value, then each name assigned the previous one.
+struct Chain {
+    names: Vec<String>,
+    value: String,
+}
+
+impl Chain {
+    /// [`VT_HOPS`] + 1 distinct names of five capitals and a five-digit value.
+    fn draw(rng: &mut SplitMix64) -> Self {
+        let mut names: Vec<String> = Vec::with_capacity(VT_HOPS + 1);
+        while names.len() < VT_HOPS + 1 {
+            let name: String = (0..VARIABLE_NAME_LEN).map(|_| (b'A' + rng.below(26) as u8) as char).collect();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        Self { names, value: rng.between(10_000, 99_999).to_string() }
+    }
+
+    /// "VAR QXWTR = 48291.", then "VAR JNBKA = VAR QXWTR." and so on.
+    fn statements(&self) -> Vec<String> {
+        let mut out = vec![format!("VAR {} = {}.", self.names[0], self.value)];
+        out.extend(self.names.windows(2).map(|w| format!("VAR {} = VAR {}.", w[1], w[0])));
+        out
+    }
+
+    fn question(&self) -> String {
+        format!("\nQuestion: Find all variables that are assigned the value {} in the text above.", self.value)
+    }
+
+    fn answer_prefix(&self) -> String {
+        format!(
+            " Answer: According to the chain(s) of variable assignment in the text above, {} variables are assigned the value {}, they are:",
+            self.names.len(),
+            self.value
+        )
+    }
+}
+
+/// Filler sentences in the one-shot example's context.
+const EXAMPLE_SENTENCES: usize = 10;
+
+/// A complete small vartrack instance and its answer (names separated by spaces, as RULER
+/// writes its example's outputs), ending with a newline before the real instance.
+fn vartrack_example(rng: &mut SplitMix64) -> String {
+    let chain = Chain::draw(rng);
+    let mut units: Vec<String> = (0..EXAMPLE_SENTENCES).map(|i| FILLER[i % FILLER.len()].to_string()).collect();
+    let mut slots: Vec<usize> = (0..chain.names.len()).map(|_| rng.below(EXAMPLE_SENTENCES as u64 + 1) as usize).collect();
+    slots.sort_unstable();
+    // Inserting from the back keeps the earlier slots' indices valid and the chain in order.
+    for (slot, statement) in slots.into_iter().zip(chain.statements()).rev() {
+        units.insert(slot, statement);
+    }
+    format!("{VT_HEADER}\n\n{}{}{} {}\n", units.join(" "), chain.question(), chain.answer_prefix(), chain.names.join(" "))
 }
 
 #[cfg(test)]
@@ -249,6 +303,27 @@ mod tests {
         for hop in 1..names.len() {
             assert_eq!(s.needles[hop].text, format!("VAR {} = VAR {}.", names[hop], names[hop - 1]));
             assert!(s.needles[hop].depth >= s.needles[hop - 1].depth && s.needles[hop].depth <= 1.0);
+        }
+    }
+
+    #[test]
+    fn vartrack_opens_with_a_solved_example_of_another_chain() {
+        let s = generate(2, id(Task::Vartrack, 0.3, 1));
+        let (example, header) = s.header.rsplit_once('\n').unwrap();
+        assert_eq!(header, VT_HEADER);
+        assert!(example.starts_with(VT_HEADER) && example.contains("\nQuestion: Find all variables that are assigned the value "));
+        let (_, answer) = example.rsplit_once(", they are: ").unwrap();
+        let names: Vec<&str> = answer.split(' ').collect();
+        assert_eq!(names.len(), VT_HOPS + 1);
+        let Answer::Variables(real) = &s.answer else { panic!() };
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(name.len(), VARIABLE_NAME_LEN);
+            assert!(!real.iter().any(|r| r == name), "the example gives away a real name");
+            let assigned = if i == 0 { format!("VAR {name} = ") } else { format!("VAR {name} = VAR {}.", names[i - 1]) };
+            assert_eq!(example.matches(&assigned).count(), 1, "{assigned}");
+            if i > 0 {
+                assert!(example.find(&assigned) > example.find(&format!("VAR {} = ", names[i - 1])), "the example's chain reads forward");
+            }
         }
     }
 
