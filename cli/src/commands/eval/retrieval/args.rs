@@ -17,10 +17,6 @@ use crate::args::{EngineArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct RetrievalArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub engine: EngineArgs,
     /// Task: passkey (RULER niah_single), multikey (one key asked among four), vartrack
     /// (variable tracking: one chain of four hops).
     #[arg(long, value_parser = parse_task)]
@@ -37,6 +33,9 @@ pub struct RetrievalArgs {
     /// Seed of the generated samples: the same seed gives the same prompts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Hide needles in this text file (split into sentences) instead of RULER's repeated filler.
+    #[arg(long)]
+    pub haystack: Option<PathBuf>,
     /// KV policies to evaluate, comma-separated: full, streaming, h2o, snapkv. Every prompt
     /// runs under each (the budgeted ones once per --budgets value).
     #[arg(long, default_value = "full", value_parser = parse_list::<PolicyName>)]
@@ -44,9 +43,6 @@ pub struct RetrievalArgs {
     /// KV budgets (tokens kept per KV head per layer) for the budgeted policies, comma-separated.
     #[arg(long, value_parser = parse_list::<Budget>)]
     pub budgets: Option<List<Budget>>,
-    /// Hide needles in this text file (split into sentences) instead of RULER's repeated filler.
-    #[arg(long)]
-    pub haystack: Option<PathBuf>,
     /// Compress the context before the question arrives (the kvpress protocol): the engine
     /// finishes, and under a budget evicts, every context token before the question is read.
     #[arg(long)]
@@ -57,6 +53,10 @@ pub struct RetrievalArgs {
     /// Draw a depth × context accuracy heat map per policy into this PNG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Evaluate a running OpenAI-compatible server (its /v1/completions) instead of loading the
     /// model; --model then names the served model (default: the first it lists).
     #[arg(long, conflicts_with_all = ENGINE_FLAGS)]
