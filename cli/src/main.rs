@@ -3,8 +3,8 @@
 
 mod args;
 mod commands;
+mod font;
 mod kv;
-mod plot_font;
 mod prompt;
 
 use clap::{Parser, Subcommand};
@@ -29,7 +29,7 @@ enum Command {
     /// Measure throughput and latency: offline, against a server, batch-1, or simulated.
     #[command(subcommand)]
     Bench(commands::bench::BenchCommand),
-    /// What KV policies cost in quality: perplexity, KL to the full cache, retrieval.
+    /// What KV policies cost in quality: perplexity and KL to the full cache, retrieval accuracy.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA).

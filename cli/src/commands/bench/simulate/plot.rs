@@ -1,6 +1,6 @@
 //! The goodput-vs-clients PNG of one simulated (hardware, workload): one line per policy.
 //!
-//! Owns: chart layout and colours (text uses the embedded font, `plot_font`). Must not know how
+//! Owns: chart layout and colours (text in the embedded font, `crate::font`). Must not know how
 //! the records were simulated or where else they are written.
 
 use std::path::Path;
@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use kvault_scheduler::sim::SimRecord;
 use plotters::prelude::*;
 
-use crate::plot_font::ensure_font;
+use crate::font::ensure_font;
 
 pub const WIDTH: u32 = 960;
 pub const HEIGHT: u32 = 600;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::metrics::Tally;
 use super::score::Scored;
 use crate::kv;
-use crate::plot_font::ensure_font;
+use crate::font::ensure_font;
 
 pub struct Report {
     pub model: String,

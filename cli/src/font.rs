@@ -1,6 +1,8 @@
-//! The font every PNG chart draws with: DejaVu Sans compiled into the binary (cli/assets/fonts,
-//! license beside it), so a machine without system fonts (a fresh CI image) still gets
-//! labelled axes. Must not know any chart.
+//! The font every PNG the CLI draws uses: DejaVu Sans compiled into the binary
+//! (cli/assets/fonts, license beside it), so a machine without system fonts (a fresh CI image)
+//! still gets labelled axes. Charts ask for the "sans-serif" family after [`ensure_font`].
+//!
+//! Must not know: what is drawn.
 
 use std::sync::OnceLock;
 
@@ -9,8 +11,7 @@ use plotters::style::{register_font, FontStyle};
 
 const FONT: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/fonts/DejaVuSans.ttf"));
 
-/// Registers the font as "sans-serif" (plotters keeps fonts in a process-wide registry, so once
-/// is enough for every chart).
+/// plotters keeps fonts in a process-wide registry; registering once is enough for every chart.
 pub fn ensure_font() -> Result<()> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
