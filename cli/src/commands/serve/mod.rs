@@ -13,13 +13,17 @@ mod chat;
 mod completions;
 mod error;
 mod generation;
+mod kv_state;
 mod logprobs;
 mod metrics;
+mod model_name;
+mod openapi;
 mod params;
 mod routes;
 mod sse;
 mod state;
 mod tokenize;
+mod web;
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -71,6 +75,9 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are aborted.
     #[arg(long, default_value_t = 10)]
     pub shutdown_timeout: u64,
+    /// Do not serve the web page (playground and KV dashboard) at `/`.
+    #[arg(long)]
+    pub no_web_ui: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -93,7 +100,11 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
 
     let name = args.served_model_name.clone().unwrap_or_else(|| args.model.display_name());
     let metrics = Arc::new(Metrics::new(sla).context("metrics registry")?);
-    let state = Arc::new(AppState::new(name.clone(), args.api_key.clone(), args.kv.config(), metrics));
+    let mut state = AppState::new(name.clone(), args.api_key.clone(), args.kv.config(), metrics);
+    // As the engine counts what it holds: the running batch plus the queue.
+    state.max_choices = args.max_queued_requests.saturating_add(args.engine.max_num_seqs);
+    state.web_ui = !args.no_web_ui;
+    let state = Arc::new(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -4,7 +4,7 @@
 //! Must not know: HTTP routes or request shapes.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::kv_policy::KvPolicyConfig;
@@ -18,15 +18,31 @@ pub struct AppState {
     /// The `--kv-*` flags (valid on their own), which each request's `kv_*` fields overlay.
     pub kv_defaults: KvPolicyConfig,
     pub metrics: Arc<Metrics>,
+    /// Completions the engine holds at once (running + queued): more in one request is a 400.
+    pub max_choices: usize,
+    /// Serve the web page at `/` (off with `--no-web-ui`).
+    pub web_ui: bool,
     /// Set once, when the model has loaded; until then model endpoints answer 503.
     engine: OnceLock<Arc<EngineHandle>>,
     /// Unix time the server started (`created` of /v1/models).
     pub started_unix: u64,
+    /// The same moment on the monotonic clock (the KV state's `time`).
+    pub started: Instant,
 }
 
 impl AppState {
     pub fn new(served_model_name: String, api_key: Option<String>, kv_defaults: KvPolicyConfig, metrics: Arc<Metrics>) -> Self {
-        Self { served_model_name, api_key, kv_defaults, metrics, engine: OnceLock::new(), started_unix: unix_now() }
+        Self {
+            served_model_name,
+            api_key,
+            kv_defaults,
+            metrics,
+            max_choices: usize::MAX,
+            web_ui: true,
+            engine: OnceLock::new(),
+            started_unix: unix_now(),
+            started: Instant::now(),
+        }
     }
 
     pub fn engine(&self) -> Result<&Arc<EngineHandle>, ApiError> {
@@ -42,12 +58,11 @@ impl AppState {
         self.engine.get()
     }
 
-    /// The `model` field of a request must name this server's model (when given at all).
-    pub fn check_model(&self, requested: Option<&str>) -> Result<(), ApiError> {
-        match requested {
-            Some(m) if m != self.served_model_name => Err(ApiError::model_not_found(m, &self.served_model_name)),
-            _ => Ok(()),
-        }
+    /// The `model` field of a request must name this server's model (when given at all); it
+    /// may carry KV settings (`name?kv_policy=h2o`), which are returned over the `--kv-*` flags:
+    /// the defaults this request's own `kv_*` fields overlay.
+    pub fn check_model(&self, requested: Option<&str>) -> Result<KvPolicyConfig, ApiError> {
+        super::model_name::request_defaults(requested, &self.served_model_name, &self.kv_defaults)
     }
 }
 
