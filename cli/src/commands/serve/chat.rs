@@ -44,6 +44,7 @@ pub struct MessageIn {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
     /// Required: the conversation, rendered with the model's chat template.
+    #[schema(required = true, min_items = 1)]
     messages: Option<Vec<MessageIn>>,
     /// Return each generated token's logprob.
     logprobs: Option<bool>,
@@ -123,10 +124,22 @@ fn content_text(content: &Value, i: usize) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Renders and tokenizes a conversation with the model's template.
-pub fn chat_prompt(info: &EngineInfo, messages: &[ChatMessage], add_generation_prompt: bool, tools: Option<&Value>, extra: Option<&Value>) -> Result<Vec<u32>, ApiError> {
-    let template = info.chat_template.as_ref().ok_or_else(|| {
-        ApiError::invalid("messages", "this model has no chat template, so /v1/chat/completions cannot format messages; use /v1/completions")
+/// Renders and tokenizes a conversation with the server's template (`--chat-template`), else
+/// the model's.
+pub fn chat_prompt(
+    state: &AppState,
+    info: &EngineInfo,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    tools: Option<&Value>,
+    extra: Option<&Value>,
+) -> Result<Vec<u32>, ApiError> {
+    let template = state.chat_template(info).ok_or_else(|| {
+        ApiError::invalid(
+            "messages",
+            "this model has no chat template, so /v1/chat/completions cannot format messages; use /v1/completions \
+             or start the server with --chat-template",
+        )
     })?;
     let text = template
         .render_with(messages, add_generation_prompt, tools, extra)
@@ -151,7 +164,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     };
     let prompt_logprobs = check_prompt_logprobs(req.prompt_logprobs, common.stream())?;
     let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-    let prompt_ids = chat_prompt(&info, &messages, add_generation_prompt, req.tools.as_ref(), req.chat_template_kwargs.as_ref())?;
+    let prompt_ids = chat_prompt(&state, &info, &messages, add_generation_prompt, req.tools.as_ref(), req.chat_template_kwargs.as_ref())?;
     let n = common.n()?;
     let include_usage = common.include_usage()?;
     // OpenAI's chat default is "as long as the context allows".

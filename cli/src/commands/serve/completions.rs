@@ -34,7 +34,7 @@ const DEFAULT_MAX_TOKENS: usize = 16;
 pub struct CompletionRequest {
     /// Required: a string, a list of strings, a list of token ids, or a list of token-id lists
     /// (one choice set per prompt).
-    #[schema(schema_with = super::openapi::prompt_schema)]
+    #[schema(schema_with = super::openapi::prompt_schema, required = true)]
     prompt: Option<Value>,
     /// Put the prompt before the completion; with `logprobs`, the prompt tokens' logprobs come
     /// first (the first one null). With `max_tokens: 0` nothing is generated.

@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::kv_policy::KvPolicy;
+use kvault_models::chat_template::ChatTemplate;
 use kvault_scheduler::sla::SlaConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,6 +76,10 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are aborted.
     #[arg(long, default_value_t = 10)]
     pub shutdown_timeout: u64,
+    /// A Jinja chat template file to render chat requests with instead of the model's own (as
+    /// vLLM's flag); lets a model without a template serve /v1/chat/completions.
+    #[arg(long)]
+    pub chat_template: Option<std::path::PathBuf>,
     /// Do not serve the web page (playground and KV dashboard) at `/`.
     #[arg(long)]
     pub no_web_ui: bool,
@@ -92,6 +97,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<()> {
+    let template_source = match &args.chat_template {
+        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("--chat-template: cannot read {}", path.display()))?),
+        None => None,
+    };
     let address = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&address).await.with_context(|| format!("--host/--port: cannot listen on {address}"))?;
     let local = listener.local_addr()?;
@@ -124,6 +133,11 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
         }
     };
     let info = engine.info();
+    if let Some(source) = template_source {
+        let special = &info.special_tokens;
+        let template = ChatTemplate::new(&source, special.bos_token.clone(), special.eos_token.clone()).context("--chat-template")?;
+        state.set_chat_template(template);
+    }
     eprintln!(
         "kvault: ready: model {name}, max_model_len {}, {} KV blocks of {} tokens, default KV policy {}",
         info.max_model_len,

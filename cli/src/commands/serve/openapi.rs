@@ -9,22 +9,26 @@
 mod paths;
 mod responses;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
+use serde_json::{json, Value};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::chat::ChatRequest;
 use super::completions::CompletionRequest;
 use super::params::CommonFields;
+use super::state::AppState;
 use crate::kv::KvFields;
 
 /// The body of `POST /v1/completions`.
 #[derive(ToSchema)]
+#[schema(example = json!({"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0, "kv_policy": "h2o", "kv_budget": 64}))]
 #[allow(dead_code)]
 pub struct CompletionBody {
     #[serde(flatten)]
@@ -37,6 +41,7 @@ pub struct CompletionBody {
 
 /// The body of `POST /v1/chat/completions`.
 #[derive(ToSchema)]
+#[schema(example = json!({"messages": [{"role": "user", "content": "Hi!"}], "max_tokens": 16, "kv_policy": "streaming", "kv_budget": 64}))]
 #[allow(dead_code)]
 pub struct ChatBody {
     #[serde(flatten)]
@@ -62,6 +67,8 @@ pub struct ChatBody {
         paths::tokenize, paths::detokenize, paths::tokenizer_info,
         paths::models, paths::completions, paths::chat_completions, paths::kv_state,
     ),
+    // Reached only through the events' `data` (patched in by `document`).
+    components(schemas(responses::CompletionChunk, responses::ChatCompletionChunk)),
     modifiers(&BearerAuth),
     tags(
         (name = "openai", description = "OpenAI-compatible endpoints"),
@@ -85,19 +92,91 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as JSON text (built once).
+/// The document as JSON text, the same for every server (built once).
 pub fn document() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
         let mut doc = ApiDoc::openapi();
         doc.info.version = crate::VERSION.to_string();
         // Serializing a tree of plain data cannot fail; an empty document would show it did.
-        doc.to_pretty_json().unwrap_or_default()
+        let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+        let schemas = &mut doc["components"]["schemas"];
+        // An event's `data` is JSON text of a chunk (or an error), or `[DONE]` at the end;
+        // JSON Schema says so with contentMediaType + contentSchema, which utoipa cannot write.
+        for (event, chunk) in [("CompletionEvent", "CompletionChunk"), ("ChatCompletionEvent", "ChatCompletionChunk")] {
+            schemas[event]["properties"]["data"] = json!({
+                "oneOf": [
+                    {"type": "string", "const": "[DONE]"},
+                    {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": {"anyOf": [
+                            {"$ref": format!("#/components/schemas/{chunk}")},
+                            {"$ref": "#/components/schemas/ErrorResponse"},
+                        ]},
+                    },
+                ],
+            });
+        }
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
     })
 }
 
-pub async fn handle() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], document()).into_response()
+/// What a loaded server knows that bounds valid requests: the model's name, the context, the
+/// vocabulary, the completions one request may ask for.
+pub struct ServerFacts {
+    pub model: String,
+    pub max_context_len: usize,
+    pub vocab_size: usize,
+    pub max_choices: usize,
+}
+
+/// The document with this server's bounds written in: `model` is this server's name (optionally
+/// with KV settings), `max_tokens` at most the context, token ids inside the vocabulary, `n` at
+/// most what the engine holds. Clients and fuzzers then know what the server will accept.
+pub fn specialized(facts: &ServerFacts) -> String {
+    let mut doc: Value = serde_json::from_str(document()).unwrap_or_default();
+    let schemas = &mut doc["components"]["schemas"];
+    let escaped: String = facts.model.chars().flat_map(|c| if "\\^$.|?*+()[]{}/".contains(c) { vec!['\\', c] } else { vec![c] }).collect();
+    let model = json!({
+        "description": "This server's model name; it may carry KV settings as a query string, NAME?kv_policy=h2o&kv_budget=64.",
+        "anyOf": [
+            {"type": "null"},
+            {"const": facts.model},
+            {"type": "string", "pattern": format!("^{escaped}\\?kv_policy=(full|streaming|h2o|snapkv)(&kv_budget=[1-9][0-9]{{0,3}})?$")},
+        ],
+    });
+    for body in ["CommonFields", "TokenizeRequest", "DetokenizeRequest"] {
+        schemas[body]["properties"]["model"] = model.clone();
+    }
+    for field in ["max_tokens", "max_completion_tokens"] {
+        schemas["CommonFields"]["properties"][field]["maximum"] = json!(facts.max_context_len);
+    }
+    schemas["CommonFields"]["properties"]["n"]["maximum"] = json!(facts.max_choices.min(super::params::MAX_N));
+    let last_id = json!(facts.vocab_size.saturating_sub(1));
+    schemas["DetokenizeRequest"]["properties"]["tokens"]["items"]["maximum"] = last_id.clone();
+    if let Some(forms) = schemas["CompletionRequest"]["properties"]["prompt"]["oneOf"].as_array_mut() {
+        forms[2]["items"]["maximum"] = last_id.clone();
+        forms[3]["items"]["items"]["maximum"] = last_id;
+    }
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+pub async fn handle(State(state): State<Arc<AppState>>) -> Response {
+    static LOADED: OnceLock<String> = OnceLock::new();
+    let text = match state.engine_if_loaded() {
+        Some(engine) => LOADED.get_or_init(|| {
+            let info = engine.info();
+            specialized(&ServerFacts {
+                model: state.served_model_name.clone(),
+                max_context_len: info.max_context_len,
+                vocab_size: info.vocab_size,
+                max_choices: state.max_choices,
+            })
+        }),
+        None => document(),
+    };
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
 fn string() -> ObjectBuilder {
@@ -145,7 +224,6 @@ pub fn content_schema() -> impl Into<RefOr<Schema>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
 
     fn doc() -> Value {
         serde_json::from_str(document()).expect("the document is JSON")
@@ -163,6 +241,20 @@ mod tests {
         ];
         want.sort();
         assert_eq!(paths, want);
+    }
+
+    #[test]
+    fn a_loaded_server_writes_its_bounds_into_the_document() {
+        let facts = ServerFacts { model: "../m/a.gguf".into(), max_context_len: 512, vocab_size: 512, max_choices: 8 };
+        let doc: Value = serde_json::from_str(&specialized(&facts)).unwrap();
+        let common = &doc["components"]["schemas"]["CommonFields"]["properties"];
+        assert_eq!(common["model"]["anyOf"][1]["const"], "../m/a.gguf");
+        let pattern = common["model"]["anyOf"][2]["pattern"].as_str().unwrap();
+        assert!(pattern.starts_with("^\\.\\./m\\/a\\.gguf\\?kv_policy="), "{pattern}");
+        assert_eq!((common["max_tokens"]["maximum"].as_u64(), common["n"]["maximum"].as_u64()), (Some(512), Some(8)));
+        let prompt = &doc["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"]["oneOf"];
+        assert_eq!(prompt[2]["items"]["maximum"], 511);
+        assert_eq!(prompt[3]["items"]["items"]["maximum"], 511);
     }
 
     #[test]

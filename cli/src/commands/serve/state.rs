@@ -6,8 +6,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use kvault_engine::engine::EngineInfo;
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::kv_policy::KvPolicyConfig;
+use kvault_models::chat_template::ChatTemplate;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
@@ -24,6 +26,8 @@ pub struct AppState {
     pub web_ui: bool,
     /// Set once, when the model has loaded; until then model endpoints answer 503.
     engine: OnceLock<Arc<EngineHandle>>,
+    /// `--chat-template`, compiled once the model (and so its special tokens) has loaded.
+    chat_template: OnceLock<ChatTemplate>,
     /// Unix time the server started (`created` of /v1/models).
     pub started_unix: u64,
     /// The same moment on the monotonic clock (the KV state's `time`).
@@ -40,6 +44,7 @@ impl AppState {
             max_choices: usize::MAX,
             web_ui: true,
             engine: OnceLock::new(),
+            chat_template: OnceLock::new(),
             started_unix: unix_now(),
             started: Instant::now(),
         }
@@ -52,6 +57,16 @@ impl AppState {
     pub fn set_engine(&self, engine: Arc<EngineHandle>) {
         // A second load never happens; ignoring the error keeps the first engine.
         let _ = self.engine.set(engine);
+    }
+
+    /// Replaces the model's chat template (set before the engine, so no request sees the other).
+    pub fn set_chat_template(&self, template: ChatTemplate) {
+        let _ = self.chat_template.set(template);
+    }
+
+    /// The template chat requests are rendered with: `--chat-template`, else the model's.
+    pub fn chat_template<'a>(&'a self, info: &'a EngineInfo) -> Option<&'a ChatTemplate> {
+        self.chat_template.get().or(info.chat_template.as_ref())
     }
 
     pub fn engine_if_loaded(&self) -> Option<&Arc<EngineHandle>> {

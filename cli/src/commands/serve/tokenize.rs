@@ -44,7 +44,7 @@ pub async fn tokenize(State(state): State<Arc<AppState>>, body: axum::body::Byte
             .map_err(|e| ApiError::invalid("prompt", format!("{e:#}")))?,
         (None, Some(messages)) => {
             let messages = convert_messages(messages)?;
-            let mut ids = chat_prompt(&info, &messages, req.add_generation_prompt.unwrap_or(true), None, None)?;
+            let mut ids = chat_prompt(&state, &info, &messages, req.add_generation_prompt.unwrap_or(true), None, None)?;
             // Asked explicitly: a BOS on top of the rendered template, unless it already starts so.
             if let (Some(true), Some(bos)) = (req.add_special_tokens, info.special_tokens.bos_token_id) {
                 if ids.first() != Some(&bos) {

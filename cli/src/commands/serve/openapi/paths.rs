@@ -95,7 +95,7 @@ pub fn models() {}
     security((), ("bearer" = [])), responses(
     (status = 200, description = "The completion, or its event stream", content(
         (CompletionResponse = "application/json"),
-        (String = "text/event-stream"),
+        (CompletionEvent = "text/event-stream"),
     )),
     (status = 400, description = "Invalid request (the error names the field)", body = ErrorResponse),
     (status = 401, description = "Missing or wrong API key", body = ErrorResponse),
@@ -109,7 +109,7 @@ pub fn completions() {}
     security((), ("bearer" = [])), responses(
     (status = 200, description = "The completion, or its event stream", content(
         (ChatCompletionResponse = "application/json"),
-        (String = "text/event-stream"),
+        (ChatCompletionEvent = "text/event-stream"),
     )),
     (status = 400, description = "Invalid request (the error names the field)", body = ErrorResponse),
     (status = 401, description = "Missing or wrong API key", body = ErrorResponse),

@@ -323,3 +323,68 @@ pub struct KvOffloadTier {
     total_blocks: u64,
     used_blocks: u64,
 }
+
+/// One server-sent event of a streamed `/v1/completions`: `data` holds a `CompletionChunk` (or
+/// an `ErrorResponse`) as JSON text; the last event's data is `[DONE]`.
+#[derive(ToSchema)]
+pub struct CompletionEvent {
+    /// Replaced in the document by "[DONE]" or JSON text of the chunk (see openapi.rs).
+    data: String,
+    event: Option<String>,
+    id: Option<String>,
+    retry: Option<u64>,
+}
+
+/// One server-sent event of a streamed `/v1/chat/completions` (data: a `ChatCompletionChunk`).
+#[derive(ToSchema)]
+pub struct ChatCompletionEvent {
+    /// Replaced in the document by "[DONE]" or JSON text of the chunk (see openapi.rs).
+    data: String,
+    event: Option<String>,
+    id: Option<String>,
+    retry: Option<u64>,
+}
+
+/// A streamed completion's chunk: one choice's new text, or (with `include_usage`) a last
+/// chunk with no choices and the usage.
+#[derive(ToSchema)]
+pub struct CompletionChunk {
+    id: String,
+    /// text_completion
+    object: String,
+    created: u64,
+    model: String,
+    choices: Vec<CompletionChoice>,
+    /// Null on ordinary chunks when usage was asked for; absent otherwise.
+    usage: Option<Usage>,
+}
+
+#[derive(ToSchema)]
+pub struct ChatCompletionChunk {
+    id: String,
+    /// chat.completion.chunk
+    object: String,
+    created: u64,
+    model: String,
+    choices: Vec<ChatChunkChoice>,
+    usage: Option<Usage>,
+}
+
+#[derive(ToSchema)]
+pub struct ChatChunkChoice {
+    index: u64,
+    delta: ChatDelta,
+    #[schema(required = true)]
+    logprobs: Option<ChatLogprobs>,
+    #[schema(required = true)]
+    finish_reason: Option<FinishReason>,
+    #[schema(required = true)]
+    stop_reason: Option<StopReason>,
+}
+
+/// The first delta of a choice has the role; the others carry content (the last may be empty).
+#[derive(ToSchema)]
+pub struct ChatDelta {
+    role: Option<String>,
+    content: Option<String>,
+}
