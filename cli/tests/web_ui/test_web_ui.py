@@ -48,9 +48,14 @@ def wait_for(what, fn, timeout=60.0, every=0.05):
     raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
 
+# Long enough to fill whole KV blocks, so requests after the first can hit the prefix cache.
+SHARED_PREFIX = ("You are a careful historian. Answer in plain prose, with dates where you know them, and keep "
+                 "each paragraph short. Do not use lists or headings. ")
+
+
 def background_completion(policy, budget, max_tokens):
     """A completion with its own KV policy, so the dashboard shows several requests at once."""
-    body = {"prompt": "The history of the printing press begins", "max_tokens": max_tokens, "temperature": 0,
+    body = {"prompt": SHARED_PREFIX + "The history of the printing press begins", "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True, "kv_policy": policy}
     if budget:
         body["kv_budget"] = budget
