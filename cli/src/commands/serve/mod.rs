@@ -98,7 +98,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
 
 async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<()> {
     let template_source = match &args.chat_template {
-        Some(path) => Some(std::fs::read_to_string(path).with_context(|| format!("--chat-template: cannot read {}", path.display()))?),
+        Some(path) => {
+            let source = std::fs::read_to_string(path).with_context(|| format!("--chat-template: cannot read {}", path.display()))?;
+            // Compiled again once the model's special tokens are known; a syntax error stops here,
+            // before anything listens or loads.
+            ChatTemplate::new(&source, None, None).with_context(|| format!("--chat-template {}", path.display()))?;
+            Some(source)
+        }
         None => None,
     };
     let address = format!("{}:{}", args.host, args.port);
