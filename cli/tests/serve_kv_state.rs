@@ -86,10 +86,11 @@ fn the_api_key_guards_the_state_not_the_page_and_no_web_ui_removes_the_page() {
     assert_eq!((status, ct.as_str()), (200, "application/json"), "{text}");
     let (status, ct, page) = get("/", None);
     assert_eq!(status, 200);
-    assert!(ct.starts_with("text/html") && page.contains("/ui/app.js"), "{ct}");
-    let (status, ct, js) = get("/ui/app.js", None);
+    assert!(ct.starts_with("text/html") && page.contains("/ui/dashboard.js"), "{ct}");
+    let (status, ct, js) = get("/ui/dashboard.js", None);
     assert!(status == 200 && ct.starts_with("text/javascript") && js.contains("/v1/kv/state"));
     assert_eq!(get("/ui/style.css", None).0, 200);
+    assert_eq!(get("/ui/secrets.txt", None).0, 404);
     let (status, _, doc) = get("/openapi.json", None);
     assert_eq!(status, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
@@ -101,6 +102,6 @@ fn the_api_key_guards_the_state_not_the_page_and_no_web_ui_removes_the_page() {
     let off = Server::start(&["--no-web-ui"]);
     let (status, body) = off.get("/");
     assert_eq!(status, 404, "{body}");
-    assert_eq!(off.get("/ui/app.js").0, 404);
+    assert_eq!(off.get("/ui/common.js").0, 404);
     assert_eq!(off.get("/v1/kv/state").0, 200, "the state endpoint stays with --no-web-ui");
 }

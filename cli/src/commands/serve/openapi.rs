@@ -6,6 +6,7 @@
 //! `CommonFields`, `KvFields`); the document shows each body as the union of its groups.
 //! Must not know: how handlers work; nothing here runs on a request except serving the text.
 
+mod kv_state;
 mod paths;
 mod responses;
 
@@ -62,7 +63,7 @@ pub struct ChatBody {
         license(name = "Apache-2.0")
     ),
     paths(
-        paths::index, paths::app_js, paths::style_css, paths::openapi_json,
+        paths::index, paths::ui_asset, paths::openapi_json,
         paths::health, paths::version, paths::metrics,
         paths::tokenize, paths::detokenize, paths::tokenizer_info,
         paths::models, paths::completions, paths::chat_completions, paths::kv_state,
@@ -137,7 +138,7 @@ pub struct ServerFacts {
 pub fn specialized(facts: &ServerFacts) -> String {
     let mut doc: Value = serde_json::from_str(document()).unwrap_or_default();
     let schemas = &mut doc["components"]["schemas"];
-    let escaped: String = facts.model.chars().flat_map(|c| if "\\^$.|?*+()[]{}/".contains(c) { vec!['\\', c] } else { vec![c] }).collect();
+    let escaped: String = facts.model.chars().flat_map(|c| if "\\^$.|?*+()[]{}".contains(c) { vec!['\\', c] } else { vec![c] }).collect();
     let model = json!({
         "description": "This server's model name; it may carry KV settings as a query string, NAME?kv_policy=h2o&kv_budget=64.",
         "anyOf": [
@@ -236,7 +237,7 @@ mod tests {
         let mut paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
         paths.sort();
         let mut want = vec![
-            "/", "/ui/app.js", "/ui/style.css", "/openapi.json", "/health", "/version", "/metrics", "/tokenize", "/detokenize",
+            "/", "/ui/{asset}", "/openapi.json", "/health", "/version", "/metrics", "/tokenize", "/detokenize",
             "/tokenizer_info", "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/kv/state",
         ];
         want.sort();
@@ -250,7 +251,7 @@ mod tests {
         let common = &doc["components"]["schemas"]["CommonFields"]["properties"];
         assert_eq!(common["model"]["anyOf"][1]["const"], "../m/a.gguf");
         let pattern = common["model"]["anyOf"][2]["pattern"].as_str().unwrap();
-        assert!(pattern.starts_with("^\\.\\./m\\/a\\.gguf\\?kv_policy="), "{pattern}");
+        assert!(pattern.starts_with("^\\.\\./m/a\\.gguf\\?kv_policy="), "{pattern}");
         assert_eq!((common["max_tokens"]["maximum"].as_u64(), common["n"]["maximum"].as_u64()), (Some(512), Some(8)));
         let prompt = &doc["components"]["schemas"]["CompletionRequest"]["properties"]["prompt"]["oneOf"];
         assert_eq!(prompt[2]["items"]["maximum"], 511);

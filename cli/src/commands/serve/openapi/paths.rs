@@ -5,6 +5,7 @@
 //! openapi.rs and the schemathesis run keep the two in step).
 #![allow(dead_code)] // Only the generated `__path_*` items are used.
 
+use super::kv_state::KvStateResponse;
 use super::responses::*;
 use super::{ChatBody, CompletionBody};
 use crate::commands::serve::tokenize::{DetokenizeRequest, TokenizeRequest};
@@ -16,19 +17,17 @@ use crate::commands::serve::tokenize::{DetokenizeRequest, TokenizeRequest};
 ))]
 pub fn index() {}
 
-/// The page's script.
-#[utoipa::path(get, path = "/ui/app.js", tag = "kvault", responses(
-    (status = 200, description = "JavaScript", content_type = "text/javascript", body = String),
-    (status = 404, description = "Started with --no-web-ui", body = ErrorResponse),
-))]
-pub fn app_js() {}
-
-/// The page's style sheet.
-#[utoipa::path(get, path = "/ui/style.css", tag = "kvault", responses(
-    (status = 200, description = "CSS", content_type = "text/css", body = String),
-    (status = 404, description = "Started with --no-web-ui", body = ErrorResponse),
-))]
-pub fn style_css() {}
+/// The page's scripts and style sheet: `common.js`, `playground.js`, `dashboard.js`, `style.css`.
+#[utoipa::path(get, path = "/ui/{asset}", tag = "kvault",
+    params(("asset" = String, Path, description = "common.js, playground.js, dashboard.js or style.css")),
+    responses(
+        (status = 200, description = "The asset", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+        )),
+        (status = 404, description = "No such asset, or started with --no-web-ui", body = ErrorResponse),
+    ))]
+pub fn ui_asset() {}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "kvault", responses(
