@@ -99,17 +99,58 @@ pub fn submit_error(e: SubmitError) -> anyhow::Error {
     }
 }
 
-/// The `kv_*` fields of one request; every one optional. Parsed from the same JSON object as
-/// the rest of the request, so a wrong JSON type is reported at its field's path.
-#[derive(Debug, Default, Deserialize)]
+// The `kv_*` fields of one request; every one optional. Parsed from the same JSON object as
+// the rest of the request, so a wrong JSON type is reported at its field's path.
+/// kvault's extension: the KV-cache policy of this request, over the server's `--kv-*` flags.
+/// Tokens are counted per KV head per layer; a setting that does not belong to the chosen policy
+/// is refused (400 naming the field).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct KvFields {
+    /// Which tokens the request keeps once it holds more than `kv_budget`: `full` keeps every
+    /// token; `streaming` (StreamingLLM: sinks + recent window), `h2o` (heavy hitters + recent),
+    /// `snapkv` (prompt compressed by the attention of its last tokens).
+    #[schema(value_type = Option<KvPolicyName>)]
     pub kv_policy: Option<String>,
+    /// Tokens kept per KV head per layer (streaming, h2o, snapkv).
+    #[schema(minimum = 1)]
     pub kv_budget: Option<usize>,
+    /// streaming: leading tokens always kept (default 4).
     pub kv_sink_tokens: Option<usize>,
+    /// h2o: most recent tokens always kept (default half the budget).
     pub kv_recent_window: Option<usize>,
+    /// snapkv: last prompt tokens whose attention votes (default 32, at most the budget).
+    #[schema(minimum = 1)]
     pub kv_snapkv_window: Option<usize>,
+    /// snapkv: pooling kernel width over the votes, odd (default 5).
+    #[schema(minimum = 1)]
     pub kv_snapkv_kernel: Option<usize>,
+    /// snapkv: how the votes are pooled (default avg).
+    #[schema(value_type = Option<KvPooling>)]
     pub kv_snapkv_pooling: Option<String>,
+}
+
+/// The KV policies a request may name (`kv_policy`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only describes the accepted strings in the OpenAPI document.
+pub enum KvPolicyName {
+    #[schema(rename = "full")]
+    Full,
+    #[schema(rename = "streaming")]
+    Streaming,
+    #[schema(rename = "h2o")]
+    H2o,
+    #[schema(rename = "snapkv")]
+    SnapKv,
+}
+
+/// SnapKV's vote pooling (`kv_snapkv_pooling`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only describes the accepted strings in the OpenAPI document.
+pub enum KvPooling {
+    #[schema(rename = "avg")]
+    Avg,
+    #[schema(rename = "max")]
+    Max,
 }
 
 impl KvFields {

@@ -109,3 +109,29 @@ fn chat_accepts_openai_message_forms_and_rejects_unsupported_parts() {
     assert_eq!(usage["prompt_tokens"], tok["count"]);
     assert_eq!(usage["completion_tokens"], 6);
 }
+
+#[test]
+fn chat_template_flag_gives_a_model_without_one_a_chat_endpoint() {
+    // stories260K has no template; SmolLM2's ChatML file renders its conversations.
+    let template = serve_support::shared().join("models/smollm2-135m-instruct/chat_template.jinja");
+    let s = Server::start(&["--chat-template", template.to_str().unwrap()]);
+    let (status, body) = s.post("/v1/chat/completions", &chat(user("Tell me a story"), json!({})));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 8);
+    let (_, tok) = s.post("/tokenize", &json!({"messages": user("hi")}));
+    let (_, de) = s.post("/detokenize", &json!({"tokens": tok["tokens"]}));
+    assert!(de["prompt"].as_str().unwrap().contains("<|im_start|>user\nhi<|im_end|>"), "{de}");
+
+    // An unreadable or broken template stops the server before it listens, naming the flag.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), "{% for %}").unwrap();
+    for path in [bad.path().to_str().unwrap(), "/nonexistent/template.jinja"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvault"))
+            .args(["serve", "--port", "0", "--chat-template", path])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("--chat-template") && !stderr.contains("listening"), "{stderr}");
+    }
+}

@@ -239,3 +239,26 @@ pub fn text_of_chunks(frames: &[String], field: impl Fn(&Value) -> Option<String
         .filter_map(|c| field(&c))
         .collect()
 }
+
+/// The python of the venv with selenium and schemathesis (scripts/install-web-test-deps.sh,
+/// exported by scripts/test.sh as KVAULT_WEB_TEST_PYTHON). Missing is a failure, not a skip.
+pub fn web_python() -> PathBuf {
+    let path = match std::env::var_os("KVAULT_WEB_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/kvault/web-venv/bin/python"),
+    };
+    assert!(
+        path.is_file(),
+        "no Python with selenium and schemathesis at {} (set KVAULT_WEB_TEST_PYTHON); create it with scripts/install-web-test-deps.sh",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory for a test's artifacts (screenshots, reports) under the target dir.
+pub fn artifacts(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("artifact directory");
+    dir
+}

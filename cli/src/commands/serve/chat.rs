@@ -14,32 +14,52 @@ use kvault_engine::sampler::MAX_LOGPROBS;
 use kvault_models::chat_template::ChatMessage;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError};
 use super::generation::{self, finish_fields, PromptJob, ResponseMeta, UsageTally};
-use super::logprobs::chat_logprobs;
-use super::params::{kv_policy, CommonFields};
+use super::logprobs::{chat_logprobs, vllm_prompt_logprobs};
+use super::params::{check_prompt_logprobs, kv_policy, CommonFields};
 use super::sse::{self, ChunkFormatter, SseOptions};
 use super::state::AppState;
 
-#[derive(Debug, Deserialize)]
+/// One chat message.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct MessageIn {
+    /// system, developer (read as system), user, assistant or tool.
+    #[schema(example = "user")]
     pub role: String,
     /// A string, an array of content parts, or absent/null (assistant turns).
     #[serde(default)]
+    #[schema(schema_with = super::openapi::content_schema)]
     pub content: Value,
     pub name: Option<String>,
+    /// An assistant turn's tool calls, passed to the chat template as given.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tool_calls: Option<Value>,
     pub tool_call_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct ChatRequest {
+/// The fields only `/v1/chat/completions` has.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ChatRequest {
+    /// Required: the conversation, rendered with the model's chat template.
+    #[schema(required = true, min_items = 1)]
     messages: Option<Vec<MessageIn>>,
+    /// Return each generated token's logprob.
     logprobs: Option<bool>,
+    /// With `logprobs`: this many alternatives per token (at most 20).
+    #[schema(maximum = 20)]
     top_logprobs: Option<usize>,
+    /// vLLM extension: score the rendered prompt's tokens, with this many alternatives each
+    /// (at most 20); returned as the response's `prompt_logprobs`. Not with `stream`.
+    #[schema(maximum = 20)]
+    prompt_logprobs: Option<usize>,
+    /// Tool definitions, passed to the chat template as given.
+    #[schema(value_type = Option<Vec<Object>>)]
     tools: Option<Value>,
     /// vLLM extensions: extra template variables and the generation-prompt switch.
+    #[schema(value_type = Option<Object>)]
     chat_template_kwargs: Option<Value>,
     add_generation_prompt: Option<bool>,
 }
@@ -104,10 +124,22 @@ fn content_text(content: &Value, i: usize) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// Renders and tokenizes a conversation with the model's template.
-pub fn chat_prompt(info: &EngineInfo, messages: &[ChatMessage], add_generation_prompt: bool, tools: Option<&Value>, extra: Option<&Value>) -> Result<Vec<u32>, ApiError> {
-    let template = info.chat_template.as_ref().ok_or_else(|| {
-        ApiError::invalid("messages", "this model has no chat template, so /v1/chat/completions cannot format messages; use /v1/completions")
+/// Renders and tokenizes a conversation with the server's template (`--chat-template`), else
+/// the model's.
+pub fn chat_prompt(
+    state: &AppState,
+    info: &EngineInfo,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    tools: Option<&Value>,
+    extra: Option<&Value>,
+) -> Result<Vec<u32>, ApiError> {
+    let template = state.chat_template(info).ok_or_else(|| {
+        ApiError::invalid(
+            "messages",
+            "this model has no chat template, so /v1/chat/completions cannot format messages; use /v1/completions \
+             or start the server with --chat-template",
+        )
     })?;
     let text = template
         .render_with(messages, add_generation_prompt, tools, extra)
@@ -119,8 +151,8 @@ pub fn chat_prompt(info: &EngineInfo, messages: &[ChatMessage], add_generation_p
 pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: ChatRequest = parse_json(&body)?;
     let common: CommonFields = parse_json(&body)?;
-    state.check_model(common.model.as_deref())?;
-    let kv = kv_policy(&body, &state.kv_defaults)?;
+    let kv_defaults = state.check_model(common.model.as_deref())?;
+    let kv = kv_policy(&body, &kv_defaults)?;
     let engine = state.engine()?.clone();
     let info = engine.info().clone();
     let messages = convert_messages(req.messages.as_deref().ok_or_else(|| ApiError::invalid("messages", "messages is required"))?)?;
@@ -130,17 +162,19 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
         (true, k) => Some(k.unwrap_or(0)),
         (false, None) => None,
     };
+    let prompt_logprobs = check_prompt_logprobs(req.prompt_logprobs, common.stream())?;
     let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-    let prompt_ids = chat_prompt(&info, &messages, add_generation_prompt, req.tools.as_ref(), req.chat_template_kwargs.as_ref())?;
+    let prompt_ids = chat_prompt(&state, &info, &messages, add_generation_prompt, req.tools.as_ref(), req.chat_template_kwargs.as_ref())?;
     let n = common.n()?;
     let include_usage = common.include_usage()?;
     // OpenAI's chat default is "as long as the context allows" (a budgeted request's context is
     // the model's, not the cache's).
     let max_len = info.max_len_for(&kv);
     let max_tokens = common.requested_max_tokens().unwrap_or_else(|| max_len.saturating_sub(prompt_ids.len()).max(1));
-    let mut params = common.params(max_tokens)?;
+    let mut params = common.params(max_tokens, prompt_logprobs)?;
     params.logprobs = logprobs;
-    let streams = generation::submit_all(&engine, &state.metrics, &[PromptJob { prompt_ids, params, kv }], n)?;
+    let job = PromptJob { prompt_ids, params, kv };
+    let streams = generation::submit_all(&engine, &state.metrics, std::slice::from_ref(&job), n, state.max_choices)?;
 
     let meta = ResponseMeta::new("chatcmpl", state.served_model_name.clone());
     if common.stream() {
@@ -167,6 +201,10 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let mut body = meta.envelope("chat.completion");
     body.insert("choices".into(), Value::Array(choices));
     body.insert("usage".into(), usage.json());
+    if let (Some(top_n), Some(first)) = (prompt_logprobs, outputs.first()) {
+        // vLLM puts the (shared) prompt's scores beside the choices.
+        body.insert("prompt_logprobs".into(), vllm_prompt_logprobs(&info.tokenizer, &job.prompt_ids, &first.prompt_logprobs, top_n));
+    }
     Ok(axum::Json(Value::Object(body)).into_response())
 }
 
@@ -188,18 +226,18 @@ impl ChunkFormatter for StreamFormat {
         (0..self.choices).map(|i| self.chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None)).collect()
     }
 
-    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Option<Value> {
+    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Vec<Value> {
         let logprobs = match (&delta.logprobs, self.logprobs) {
             (Some(entries), true) => chat_logprobs(&self.info.tokenizer, entries),
-            _ if delta.text.is_empty() => return None,
+            _ if delta.text.is_empty() => return Vec::new(),
             _ => Value::Null,
         };
-        Some(self.chunk(choice, json!({"content": delta.text}), logprobs, None))
+        vec![self.chunk(choice, json!({"content": delta.text}), logprobs, None)]
     }
 
-    fn finished(&mut self, choice: usize, done: &Completion) -> Value {
+    fn finished(&mut self, choice: usize, done: &Completion) -> Vec<Value> {
         let delta = if done.trailing_text.is_empty() { json!({}) } else { json!({"content": done.trailing_text}) };
-        self.chunk(choice, delta, Value::Null, Some(done))
+        vec![self.chunk(choice, delta, Value::Null, Some(done))]
     }
 
     fn envelope(&self) -> Map<String, Value> {

@@ -1,6 +1,11 @@
 //! `POST /v1/completions`: prompts as a string, list of strings, token ids or list of token-id
-//! lists; each prompt × `n` choices; `echo`; integer `logprobs`; streaming or not.
+//! lists; each prompt × `n` choices; `echo`; integer `logprobs`; vLLM's `prompt_logprobs`;
+//! streaming or not.
 //!
+//! `echo` with `logprobs` scores the prompt in the engine's prefill and returns its tokens'
+//! logprobs before the generated ones (the first one null), as OpenAI and vLLM do; with
+//! `max_tokens: 0` nothing is generated. That is what lm-evaluation-harness's
+//! `local-completions` loglikelihood asks for.
 //! Must not know: SSE framing (sse.rs), fan-out mechanics (generation.rs).
 
 use std::sync::Arc;
@@ -8,25 +13,40 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use kvault_engine::engine::EngineInfo;
-use kvault_engine::events::{Completion, TokenDelta};
+use kvault_engine::events::{Completion, PromptScores, TokenDelta, TokenLogprob};
+use kvault_engine::sampler::MAX_LOGPROBS;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use super::error::{parse_json, ApiError};
 use super::generation::{self, finish_fields, PromptJob, ResponseMeta, UsageTally};
-use super::logprobs::completion_logprobs;
-use super::params::{kv_policy, CommonFields};
+use super::logprobs::{completion_logprobs, vllm_prompt_logprobs, CompletionLogprobs};
+use super::params::{check_prompt_logprobs, kv_policy, CommonFields};
 use super::sse::{self, ChunkFormatter, SseOptions};
 use super::state::AppState;
 
 /// OpenAI's completions default.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-#[derive(Debug, Deserialize)]
-struct CompletionRequest {
+/// The fields only `/v1/completions` has.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CompletionRequest {
+    /// Required: a string, a list of strings, a list of token ids, or a list of token-id lists
+    /// (one choice set per prompt).
+    #[schema(schema_with = super::openapi::prompt_schema, required = true)]
     prompt: Option<Value>,
+    /// Put the prompt before the completion; with `logprobs`, the prompt tokens' logprobs come
+    /// first (the first one null). With `max_tokens: 0` nothing is generated.
     echo: Option<bool>,
+    /// Logprob of each token and of the `logprobs` most likely alternatives (at most 20).
+    #[schema(maximum = 20)]
     logprobs: Option<usize>,
+    /// vLLM's extension: each prompt token's logprob with this many alternatives (at most 20),
+    /// `[null, {token_id: {logprob, rank, decoded_token}}, …]` in each choice. Not with `stream`.
+    #[schema(maximum = 20)]
+    prompt_logprobs: Option<usize>,
+    /// Fill-in-the-middle is not supported: only null or "" is accepted.
     suffix: Option<String>,
 }
 
@@ -39,30 +59,45 @@ struct Prompt {
 pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     let req: CompletionRequest = parse_json(&body)?;
     let common: CommonFields = parse_json(&body)?;
-    state.check_model(common.model.as_deref())?;
-    let kv = kv_policy(&body, &state.kv_defaults)?;
+    let kv_defaults = state.check_model(common.model.as_deref())?;
+    let kv = kv_policy(&body, &kv_defaults)?;
     let engine = state.engine()?.clone();
     let info = engine.info().clone();
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid("suffix", "suffix (fill-in-the-middle) is not supported by this server"));
     }
-    let echo = req.echo.unwrap_or(false);
-    if echo && req.logprobs.is_some() {
-        // Echoed prompt tokens would need prompt logprobs, which the engine does not compute.
-        return Err(ApiError::invalid("echo", "echo together with logprobs is not supported (prompt logprobs are not computed)"));
+    if let Some(k) = req.logprobs.filter(|&k| k > MAX_LOGPROBS) {
+        return Err(ApiError::invalid("logprobs", format!("logprobs must be at most {MAX_LOGPROBS}, got {k}")));
     }
+    let prompt_top = check_prompt_logprobs(req.prompt_logprobs, common.stream())?;
+    let echo = req.echo.unwrap_or(false);
+    let max_tokens = common.requested_max_tokens().unwrap_or(DEFAULT_MAX_TOKENS);
+    // Echoed logprobs need the prompt scored; so does an echo of nothing but the prompt, which
+    // the engine runs as a scoring request (vLLM generates a token and drops it instead).
+    let echo_top = (echo && (req.logprobs.is_some() || max_tokens == 0)).then(|| req.logprobs.unwrap_or(0));
+    let score_top = echo_top.max(prompt_top);
     let prompts = parse_prompts(&info, req.prompt.as_ref())?;
     let n = common.n()?;
     let include_usage = common.include_usage()?;
-    let mut params = common.params(common.requested_max_tokens().unwrap_or(DEFAULT_MAX_TOKENS))?;
+    let mut params = common.params(max_tokens, score_top)?;
     params.logprobs = req.logprobs;
     let jobs: Vec<PromptJob> = prompts.iter().map(|p| PromptJob { prompt_ids: p.ids.clone(), params: params.clone(), kv }).collect();
-    let streams = generation::submit_all(&engine, &state.metrics, &jobs, n)?;
+    let streams = generation::submit_all(&engine, &state.metrics, &jobs, n, state.max_choices)?;
 
     let meta = ResponseMeta::new("cmpl", state.served_model_name.clone());
-    let echoes: Vec<String> = prompts.into_iter().map(|p| if echo { p.text } else { String::new() }).collect();
     if common.stream() {
-        let formatter = StreamFormat { meta, info, n, echoes, offsets: vec![0; streams.len()], logprobs: req.logprobs.is_some() };
+        let choices = streams.len();
+        let formatter = StreamFormat {
+            meta,
+            info,
+            n,
+            echo,
+            prompts,
+            offsets: vec![0; choices],
+            logprobs: req.logprobs,
+            echo_pending: vec![false; choices],
+            prompt_scores: vec![Vec::new(); choices],
+        };
         return Ok(sse::response(generation::merged(streams), formatter, SseOptions { include_usage, n }));
     }
     let outputs = generation::gather(streams).await?;
@@ -72,16 +107,28 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
         .enumerate()
         .map(|(i, out)| {
             usage.add(i, n, &out.completion);
-            let echo_text = &echoes[i / n];
-            let logprobs = req.logprobs.map(|_| completion_logprobs(&info.tokenizer, &out.logprobs, echo_text.chars().count()).0);
+            let prompt = &prompts[i / n];
+            let logprobs = req.logprobs.map(|top_n| {
+                let mut lp = CompletionLogprobs::new(&info.tokenizer, top_n, 0);
+                if echo {
+                    lp.prompt(&prompt.ids, &out.prompt_logprobs);
+                }
+                lp.extend(&out.logprobs);
+                lp.json()
+            });
             let (reason, stop_reason) = finish_fields(&out.completion);
-            json!({
+            let echo_text = if echo { prompt.text.as_str() } else { "" };
+            let mut choice = json!({
                 "index": i,
                 "text": format!("{echo_text}{}", out.text),
                 "logprobs": logprobs,
                 "finish_reason": reason,
                 "stop_reason": stop_reason,
-            })
+            });
+            if let Some(top_n) = prompt_top {
+                choice["prompt_logprobs"] = vllm_prompt_logprobs(&info.tokenizer, &prompt.ids, &out.prompt_logprobs, top_n);
+            }
+            choice
         })
         .collect();
     let mut body = meta.envelope("text_completion");
@@ -119,48 +166,83 @@ struct StreamFormat {
     meta: ResponseMeta,
     info: Arc<EngineInfo>,
     n: usize,
-    /// Per prompt: the text echoed before its choices' output (empty without `echo`).
-    echoes: Vec<String>,
+    echo: bool,
+    prompts: Vec<Prompt>,
     /// Per choice: characters sent so far (logprobs' `text_offset`).
     offsets: Vec<usize>,
-    logprobs: bool,
+    /// `logprobs`' top-n, when asked.
+    logprobs: Option<usize>,
+    /// Per choice: the echo waits for the prompt's scores (echo with logprobs).
+    echo_pending: Vec<bool>,
+    prompt_scores: Vec<Vec<TokenLogprob>>,
 }
 
 impl StreamFormat {
     fn chunk(&self, index: usize, text: &str, logprobs: Value, finish: Option<&Completion>) -> Value {
         self.meta.chunk("text_completion", json!({"index": index, "text": text, "logprobs": logprobs}), finish)
     }
+
+    /// The echo of `choice` with its prompt logprobs, once: the scores all arrive before the
+    /// choice's first tokens or its end.
+    fn pending_echo(&mut self, choice: usize) -> Option<Value> {
+        if !std::mem::take(&mut self.echo_pending[choice]) {
+            return None;
+        }
+        let prompt = &self.prompts[choice / self.n];
+        let mut lp = CompletionLogprobs::new(&self.info.tokenizer, self.logprobs.unwrap_or(0), 0);
+        lp.prompt(&prompt.ids, &std::mem::take(&mut self.prompt_scores[choice]));
+        self.offsets[choice] = lp.offset();
+        Some(self.chunk(choice, &prompt.text, lp.json(), None))
+    }
 }
 
 impl ChunkFormatter for StreamFormat {
     fn opening(&mut self) -> Vec<Value> {
         let mut out = Vec::new();
+        if !self.echo {
+            return out;
+        }
         for i in 0..self.offsets.len() {
-            let echo = self.echoes[i / self.n].clone();
-            if !echo.is_empty() {
-                self.offsets[i] = echo.chars().count();
-                out.push(self.chunk(i, &echo, Value::Null, None));
+            if self.logprobs.is_some() {
+                self.echo_pending[i] = true;
+            } else {
+                let text = self.prompts[i / self.n].text.clone();
+                self.offsets[i] = text.chars().count();
+                out.push(self.chunk(i, &text, Value::Null, None));
             }
         }
         out
     }
 
-    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Option<Value> {
+    fn prompt_scores(&mut self, choice: usize, scores: &PromptScores) {
+        if self.echo_pending[choice] {
+            self.prompt_scores[choice].extend(scores.logprobs.iter().cloned());
+        }
+    }
+
+    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Vec<Value> {
+        let mut out: Vec<Value> = self.pending_echo(choice).into_iter().collect();
         let logprobs = match (&delta.logprobs, self.logprobs) {
-            (Some(entries), true) => {
-                let (shape, end) = completion_logprobs(&self.info.tokenizer, entries, self.offsets[choice]);
+            (Some(entries), Some(top_n)) => {
+                let (shape, end) = completion_logprobs(&self.info.tokenizer, entries, top_n, self.offsets[choice]);
                 self.offsets[choice] = end;
                 shape
             }
-            _ if delta.text.is_empty() => return None,
+            _ if delta.text.is_empty() => return out,
             _ => Value::Null,
         };
-        Some(self.chunk(choice, &delta.text, logprobs, None))
+        out.push(self.chunk(choice, &delta.text, logprobs, None));
+        out
     }
 
-    fn finished(&mut self, choice: usize, done: &Completion) -> Value {
-        let logprobs = if self.logprobs { completion_logprobs(&self.info.tokenizer, &[], self.offsets[choice]).0 } else { Value::Null };
-        self.chunk(choice, &done.trailing_text, logprobs, Some(done))
+    fn finished(&mut self, choice: usize, done: &Completion) -> Vec<Value> {
+        let mut out: Vec<Value> = self.pending_echo(choice).into_iter().collect();
+        let logprobs = match self.logprobs {
+            Some(top_n) => completion_logprobs(&self.info.tokenizer, &[], top_n, self.offsets[choice]).0,
+            None => Value::Null,
+        };
+        out.push(self.chunk(choice, &done.trailing_text, logprobs, Some(done)));
+        out
     }
 
     fn envelope(&self) -> Map<String, Value> {

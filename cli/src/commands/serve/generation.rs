@@ -12,7 +12,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use kvault_engine::events::{Completion, RequestEvent, TokenLogprob};
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::kv_policy::KvPolicy;
-use kvault_engine::request::NewRequest;
+use kvault_engine::request::{NewRequest, SubmitError};
 use kvault_engine::sampler::SamplingParams;
 use serde_json::{json, Map, Value};
 
@@ -29,8 +29,25 @@ pub struct PromptJob {
 
 /// Submits every choice; if any is refused, the ones already queued are dropped (aborted)
 /// and the refusal is returned. Choice `p * n + i` is prompt `p`'s `i`-th completion.
-pub fn submit_all(engine: &EngineHandle, metrics: &Arc<Metrics>, jobs: &[PromptJob], n: usize) -> Result<Vec<ObservedStream>, ApiError> {
-    let mut streams = Vec::with_capacity(jobs.len() * n);
+/// `max_choices`: what the engine can hold at once (running + queued); a request asking for
+/// more could never be served, so it is a 400 rather than a 503.
+pub fn submit_all(engine: &EngineHandle, metrics: &Arc<Metrics>, jobs: &[PromptJob], n: usize, max_choices: usize) -> Result<Vec<ObservedStream>, ApiError> {
+    let choices = jobs.len().saturating_mul(n);
+    if choices > max_choices {
+        return Err(ApiError::invalid(
+            "n",
+            format!("{} prompt(s) × n {n} = {choices} completions, more than this server holds at once ({max_choices})", jobs.len()),
+        ));
+    }
+    let info = engine.info();
+    for job in jobs {
+        // The engine compares prompt + max_tokens with the context; a max_tokens near usize::MAX
+        // must not wrap around in that sum.
+        if job.prompt_ids.len().checked_add(job.params.max_tokens).is_none_or(|total| total > info.max_context_len) {
+            return Err(SubmitError::TooLong { prompt_tokens: job.prompt_ids.len(), max_tokens: job.params.max_tokens, max_model_len: info.max_context_len }.into());
+        }
+    }
+    let mut streams = Vec::with_capacity(choices);
     for job in jobs {
         for i in 0..n {
             let mut params = job.params.clone();
@@ -65,6 +82,8 @@ pub fn merged(streams: Vec<ObservedStream>) -> BoxStream<'static, (usize, Reques
 pub struct ChoiceOutput {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
+    /// Prompt tokens 1.. scored (when the request scored its prompt), in order.
+    pub prompt_logprobs: Vec<TokenLogprob>,
     pub completion: Completion,
 }
 
@@ -72,6 +91,7 @@ pub struct ChoiceOutput {
 pub async fn gather(streams: Vec<ObservedStream>) -> Result<Vec<ChoiceOutput>, ApiError> {
     let count = streams.len();
     let mut partial: Vec<(String, Vec<TokenLogprob>)> = vec![Default::default(); count];
+    let mut prompt_logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); count];
     let mut done: Vec<Option<Completion>> = vec![None; count];
     let mut events = merged(streams);
     while let Some((i, event)) = events.next().await {
@@ -84,16 +104,17 @@ pub async fn gather(streams: Vec<ObservedStream>) -> Result<Vec<ChoiceOutput>, A
                 partial[i].0.push_str(&c.trailing_text);
                 done[i] = Some(c);
             }
-            RequestEvent::PromptScores(_) => {} // prompt logprobs are not requested by the server yet
+            RequestEvent::PromptScores(scores) => prompt_logprobs[i].extend(scores.logprobs),
             RequestEvent::Failed(e) => return Err(ApiError::internal(format!("generation failed: {e}"))),
         }
     }
     partial
         .into_iter()
         .zip(done)
-        .map(|((text, logprobs), c)| {
+        .zip(prompt_logprobs)
+        .map(|(((text, logprobs), c), prompt_logprobs)| {
             let completion = c.ok_or_else(|| ApiError::internal("a choice ended without a final event"))?;
-            Ok(ChoiceOutput { text, logprobs, completion })
+            Ok(ChoiceOutput { text, logprobs, prompt_logprobs, completion })
         })
         .collect()
 }

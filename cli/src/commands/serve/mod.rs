@@ -13,13 +13,17 @@ mod chat;
 mod completions;
 mod error;
 mod generation;
+mod kv_state;
 mod logprobs;
 mod metrics;
+mod model_name;
+mod openapi;
 mod params;
 mod routes;
 mod sse;
 mod state;
 mod tokenize;
+mod web;
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -29,6 +33,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::kv_policy::KvPolicy;
+use kvault_models::chat_template::ChatTemplate;
 use kvault_scheduler::sla::SlaConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -71,6 +76,13 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, seconds in-flight requests may take to finish before they are aborted.
     #[arg(long, default_value_t = 10)]
     pub shutdown_timeout: u64,
+    /// A Jinja chat template file to render chat requests with instead of the model's own (as
+    /// vLLM's flag); lets a model without a template serve /v1/chat/completions.
+    #[arg(long)]
+    pub chat_template: Option<std::path::PathBuf>,
+    /// Do not serve the web page (playground and KV dashboard) at `/`.
+    #[arg(long)]
+    pub no_web_ui: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -85,6 +97,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<()> {
+    let template_source = match &args.chat_template {
+        Some(path) => {
+            let source = std::fs::read_to_string(path).with_context(|| format!("--chat-template: cannot read {}", path.display()))?;
+            // Compiled again once the model's special tokens are known; a syntax error stops here,
+            // before anything listens or loads.
+            ChatTemplate::new(&source, None, None).with_context(|| format!("--chat-template {}", path.display()))?;
+            Some(source)
+        }
+        None => None,
+    };
     let address = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&address).await.with_context(|| format!("--host/--port: cannot listen on {address}"))?;
     let local = listener.local_addr()?;
@@ -93,7 +115,11 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
 
     let name = args.served_model_name.clone().unwrap_or_else(|| args.model.display_name());
     let metrics = Arc::new(Metrics::new(sla).context("metrics registry")?);
-    let state = Arc::new(AppState::new(name.clone(), args.api_key.clone(), args.kv.config(), metrics));
+    let mut state = AppState::new(name.clone(), args.api_key.clone(), args.kv.config(), metrics);
+    // As the engine counts what it holds: the running batch plus the queue.
+    state.max_choices = args.max_queued_requests.saturating_add(args.engine.max_num_seqs);
+    state.web_ui = !args.no_web_ui;
+    let state = Arc::new(state);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -113,6 +139,11 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
         }
     };
     let info = engine.info();
+    if let Some(source) = template_source {
+        let special = &info.special_tokens;
+        let template = ChatTemplate::new(&source, special.bos_token.clone(), special.eos_token.clone()).context("--chat-template")?;
+        state.set_chat_template(template);
+    }
     eprintln!(
         "kvault: ready: model {name}, max_model_len {}, {} KV blocks of {} tokens, default KV policy {}",
         info.max_model_len,

@@ -1,5 +1,7 @@
-//! The route table, the bearer-key check on `/v1/*` (as vLLM guards it), and the small
-//! endpoints: `/health`, `/version`, `/metrics`, `/v1/models`, and OpenAI-shaped 404/405s.
+//! The route table, the bearer-key check on `/v1/*` (as vLLM guards it; the KV state included),
+//! and the small endpoints: `/health`, `/version`, `/metrics`, `/v1/models`, `/tokenizer_info`,
+//! `/openapi.json`, and OpenAI-shaped 404/405s. The web page (`/`) is merged in unless
+//! `--no-web-ui`.
 
 use std::sync::Arc;
 
@@ -13,21 +15,28 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::state::AppState;
-use super::{chat, completions, tokenize};
+use super::{chat, completions, kv_state, openapi, tokenize, web};
 
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/completions", post(completions::handle))
         .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/kv/state", get(kv_state::handle))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_api_key));
-    Router::new()
+    let mut router = Router::new()
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
-        .merge(v1)
+        .route("/tokenizer_info", get(tokenize::tokenizer_info))
+        .route("/openapi.json", get(openapi::handle))
+        .merge(v1);
+    if state.web_ui {
+        router = router.merge(web::routes());
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -12,7 +12,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use kvault_engine::events::{Completion, RequestEvent, TokenDelta};
+use kvault_engine::events::{Completion, PromptScores, RequestEvent, TokenDelta};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -21,10 +21,13 @@ use super::generation::UsageTally;
 pub trait ChunkFormatter: Send + 'static {
     /// Chunks sent before any engine output (chat's role deltas, completions' echoed prompts).
     fn opening(&mut self) -> Vec<Value>;
-    /// A chunk for new tokens of `choice`; None when there is nothing to send yet.
-    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Option<Value>;
-    /// The last chunk of `choice`, carrying its finish reason.
-    fn finished(&mut self, choice: usize, done: &Completion) -> Value;
+    /// Prompt scores of `choice` (they all arrive before its first tokens); nothing is sent
+    /// yet, so by default they are dropped.
+    fn prompt_scores(&mut self, _choice: usize, _scores: &PromptScores) {}
+    /// Chunks for new tokens of `choice`; none when there is nothing to send yet.
+    fn tokens(&mut self, choice: usize, delta: &TokenDelta) -> Vec<Value>;
+    /// The last chunks of `choice`, the final one carrying its finish reason.
+    fn finished(&mut self, choice: usize, done: &Completion) -> Vec<Value>;
     /// A chunk with this chunk kind's envelope (id, object, created, model) and empty choices.
     fn envelope(&self) -> Map<String, Value>;
 }
@@ -84,16 +87,17 @@ pub fn response<F: ChunkFormatter>(events: BoxStream<'static, (usize, RequestEve
             let events = st.events.as_mut()?;
             match events.next().await {
                 Some((i, RequestEvent::Tokens(d))) => {
-                    if let Some(chunk) = st.formatter.tokens(i, &d) {
+                    for chunk in st.formatter.tokens(i, &d) {
                         st.push(chunk);
                     }
                 }
                 Some((i, RequestEvent::Finished(c))) => {
                     st.usage.add(i, st.options.n, &c);
-                    let chunk = st.formatter.finished(i, &c);
-                    st.push(chunk);
+                    for chunk in st.formatter.finished(i, &c) {
+                        st.push(chunk);
+                    }
                 }
-                Some((_, RequestEvent::PromptScores(_))) => {} // not requested by the server yet
+                Some((i, RequestEvent::PromptScores(scores))) => st.formatter.prompt_scores(i, &scores),
                 Some((_, RequestEvent::Failed(e))) => {
                     // OpenAI-style clients raise on an `error` event; the other choices are
                     // aborted when their streams drop in `close`.
