@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod serve_support;
+
 fn shared() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared");
     assert!(dir.join("models").is_dir(), "shared test assets missing: expected {}", dir.display());
@@ -105,6 +107,29 @@ fn smollm2_full_cache_perplexity_matches_the_reference() {
     let j: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let (ppl, want) = (result(&j, "full", None)["ppl"].as_f64().unwrap(), r["perplexity"]["ppl"].as_f64().unwrap());
     assert!((ppl - want).abs() <= 1e-3 * want, "{ppl} vs {want}");
+}
+
+#[test]
+fn a_running_server_scores_the_same_full_cache_perplexity_over_http() {
+    let r = reference("stories260K");
+    let dir = tempfile::tempdir().unwrap();
+    let text = reference_text(&r, dir.path());
+    let json = dir.path().join("remote.json");
+    let server = serve_support::Server::start(&[]);
+    let base = server.url("");
+    let out = ok(&kvault(&[
+        "eval", "kv", "--base-url", base.trim_end_matches('/'), "--text", text.to_str().unwrap(), "--context-len", "512",
+        "--max-windows", "1", "--policies", "full,streaming", "--budgets", "64", "--output-json", json.to_str().unwrap(),
+    ]));
+    assert!(out.contains("the server's chunking") && out.contains("n/a"), "{out}");
+    let j: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (ppl, want) = (result(&j, "full", None)["ppl"].as_f64().unwrap(), r["perplexity"]["ppl"].as_f64().unwrap());
+    assert!((ppl - want).abs() <= 1e-4 * want, "served full-cache perplexity {ppl} vs reference {want}");
+    let streaming = result(&j, "streaming", Some(64));
+    assert!(streaming["kl"].is_null(), "no KL over the OpenAI API: {streaming}");
+    assert_eq!(streaming["positions"], 447);
+    let agreement = streaming["top1_agreement"].as_f64().unwrap();
+    assert!(agreement > 0.5 && agreement < 1.0, "the server evicted (some disagreement): {agreement}");
 }
 
 #[test]
