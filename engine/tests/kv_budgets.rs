@@ -194,8 +194,10 @@ fn kv_state_shows_each_running_request_and_a_free_pool_after() {
     assert!(me.tokens_evicted > 0 && me.computed_tokens > me.tokens_held);
     assert_eq!(state.used_blocks(), me.blocks_held);
     collect(stream);
+    // The idle check is answered between engine steps, so the step that finished the request
+    // has published its state by then.
+    engine.check_idle().unwrap();
     let state = engine.kv_state();
     assert!(state.requests.is_empty());
     assert_eq!(state.free_blocks, state.total_blocks);
-    engine.check_idle().unwrap();
 }
