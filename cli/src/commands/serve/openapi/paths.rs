@@ -19,7 +19,7 @@ pub fn index() {}
 
 /// The page's scripts and style sheet: `common.js`, `playground.js`, `dashboard.js`, `style.css`.
 #[utoipa::path(get, path = "/ui/{asset}", tag = "kvault",
-    params(("asset" = String, Path, description = "common.js, playground.js, dashboard.js or style.css")),
+    params(("asset" = String, Path, description = "common.js, playground.js, dashboard.js or style.css", example = "dashboard.js")),
     responses(
         (status = 200, description = "The asset", content(
             (String = "text/javascript"),
