@@ -96,12 +96,7 @@ fn prefill_kernel_matches_cpu_op_on_mixed_chunks_and_decode_rows() -> Result<()>
             head_dim,
             num_kv_heads: 2,
             group,
-            seqs: vec![
-                (7, 7),                   // fresh prefill, shorter than a block
-                (1, block_size + 2),      // decode row in the same batch
-                (5, 2 * block_size + 3),  // chunk after cached context, straddling blocks
-                (19, 19),                 // several query tiles for every group size
-            ],
+            seqs: mixed_batch(block_size),
         };
         let inp = build_attention(&case, &mut rng)?;
         let want = paged_attention(&inp.q, &inp.cache, &inp.meta, scale(head_dim))?;

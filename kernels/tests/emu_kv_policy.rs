@@ -51,13 +51,8 @@ fn attention_mass_kernel_matches_cpu_op_for_every_dtype_shape_and_gqa_ratio() ->
             head_dim,
             num_kv_heads: 2,
             group,
-            seqs: vec![
-                (7, 7),                  // fresh prefill, shorter than a block
-                (1, block_size + 2),     // decode row that does not vote
-                (5, 2 * block_size + 3), // chunk after cached context, straddling blocks
-                (19, 19),                // long chunk: several row tiles
-                (1, 3 * block_size + 7), // decode row that votes
-            ],
+            // The mixed batch (its decode row does not vote) plus a decode row that votes.
+            seqs: [mixed_batch(block_size), vec![(1, 3 * block_size + 7)]].concat(),
         };
         let inp = build_attention(&case, &mut rng)?;
         // SnapKV-style windows (the last 10 rows, the last row) next to whole chunks and

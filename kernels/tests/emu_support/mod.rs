@@ -25,6 +25,13 @@ pub const GROUPS: [usize; 3] = [1, 3, 8];
 /// (block size, head dim) pairs the attention kernels are compiled for.
 pub const SHAPES: [(usize, usize); 4] = [(16, 64), (16, 128), (32, 64), (32, 128)];
 
+/// A batch mixing prefill chunks and decode rows, as `(q_len, context_len)`: a fresh prefill
+/// shorter than a block, a decode row, a chunk after cached context straddling blocks, and a
+/// chunk long enough for several query tiles at every group size.
+pub fn mixed_batch(block_size: usize) -> Vec<(usize, usize)> {
+    vec![(7, 7), (1, block_size + 2), (5, 2 * block_size + 3), (19, 19)]
+}
+
 /// Every (dtype, block size, head dim, GQA ratio) an attention kernel is checked at.
 pub fn attention_grid() -> impl Iterator<Item = (DType, usize, usize, usize)> {
     DTYPES.into_iter().flat_map(|dtype| {
