@@ -82,6 +82,13 @@ impl LayerKvCache {
     pub fn dtype(&self) -> DType {
         self.key.dtype()
     }
+
+    /// Every per-block tensor of the layer (dim 0 indexes blocks), in a fixed order. Code that
+    /// moves whole blocks as stored (the offload tier) iterates over this, so a tensor added here
+    /// travels with its block without that code knowing what it holds.
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        vec![&self.key, &self.value, &self.slot_pos, &self.slot_score]
+    }
 }
 
 /// Every layer's cache, all of one shape and dtype.

@@ -9,6 +9,7 @@
 //! engine and hand this module block tables and slot mappings.
 
 pub mod attention;
+pub mod block_bytes;
 pub mod cache;
 pub mod metadata;
 pub mod slot_moves;
@@ -16,6 +17,7 @@ pub mod write_kv;
 
 pub use attention::mass::{attention_mass, MassVoter};
 pub use attention::paged_attention;
+pub use block_bytes::{block_nbytes, read_blocks, write_block};
 pub use cache::{KvCacheShape, LayerKvCache, PagedKvCache};
 pub use metadata::{AttentionMetadata, HostMetadata};
 pub use slot_moves::{copy_blocks, move_slots, BlockCopies, SlotMoves};
