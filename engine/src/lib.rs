@@ -15,6 +15,7 @@ pub mod info;
 pub mod kv_policy;
 pub mod kv_state;
 pub mod model_runner;
+pub mod offload;
 pub mod request;
 pub mod sampler;
 pub mod sizing;
