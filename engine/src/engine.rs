@@ -8,6 +8,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
+
+mod tier;
 
 use anyhow::{Context, Result};
 use kvault_models::model::LoadedModel;
@@ -20,6 +23,7 @@ use crate::kv_policy::evictor::{BudgetedSeq, Evictor};
 use crate::kv_policy::{Chunk, RequestBudget};
 use crate::kv_state::{KvState, RequestKvState, RequestPhase};
 use crate::model_runner::{BatchEntry, LogitRows, ModelRunner};
+use crate::offload::{block_io, Offload, OffloadConfig};
 use crate::request::NewRequest;
 use crate::sampler::sample;
 use crate::sequence::{Appended, Sequence, Status};
@@ -37,6 +41,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Requests allowed to wait beyond `max_num_seqs` running ones before submissions are refused.
     pub max_queued_requests: usize,
+    /// RAM/disk tiers below the pool and the preemption mode (all off by default).
+    pub offload: OffloadConfig,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +56,7 @@ impl Default for EngineConfig {
             policy: PolicyKind::PastFuture,
             enable_prefix_caching: true,
             max_queued_requests: 4096,
+            offload: OffloadConfig::default(),
         }
     }
 }
@@ -72,6 +79,8 @@ pub struct Engine {
     /// FIFO; preempted requests go back to the front.
     waiting: VecDeque<u64>,
     next_arrival: u64,
+    /// Tiers below the pool and swapped-out requests (`None`: not configured).
+    offload: Option<Offload>,
 }
 
 impl Engine {
@@ -91,6 +100,12 @@ impl Engine {
         }
         let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size)?;
         let kv = KvCacheManager::new(size.num_blocks, size.block_size, config.enable_prefix_caching)?;
+        let layout = block_io::layout(runner.cache(), &format!("{:?}", model.model.dtype()).to_lowercase());
+        let block_bytes = block_io::block_bytes(runner.cache()) as u64;
+        let offload = Offload::open(&config.offload, &layout, block_bytes, stats.offload.clone())?;
+        if let Some(off) = &offload {
+            tracing::info!("{}", off.describe());
+        }
         let scheduler = Scheduler::from_config(&PolicyConfig { kind: config.policy, ..PolicyConfig::default() })?;
         let eos_token_ids = Arc::new(model.special_tokens.eos_token_ids.clone());
         let info = Arc::new(EngineInfo {
@@ -122,6 +137,7 @@ impl Engine {
             running: Vec::new(),
             waiting: VecDeque::new(),
             next_arrival: 0,
+            offload,
         })
     }
 
@@ -130,7 +146,7 @@ impl Engine {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.running.is_empty() || !self.waiting.is_empty()
+        !self.running.is_empty() || !self.waiting.is_empty() || self.tier_busy()
     }
 
     pub fn num_free_blocks(&self) -> usize {
@@ -178,7 +194,8 @@ impl Engine {
     }
 
     pub fn abort_all(&mut self) {
-        let ids: Vec<u64> = self.running.iter().chain(self.waiting.iter()).copied().collect();
+        let mut ids: Vec<u64> = self.running.iter().chain(self.waiting.iter()).copied().collect();
+        ids.extend(self.swapped_ids());
         for id in ids {
             self.finish(id, FinishReason::Abort);
         }
@@ -190,6 +207,7 @@ impl Engine {
     pub fn step(&mut self) {
         self.stats.add_step();
         self.drop_orphans();
+        self.tier_before_schedule();
         let decision = match self.schedule() {
             Ok(d) => d,
             Err(e) => {
@@ -250,8 +268,10 @@ impl Engine {
         let running: Vec<RequestView> = self.running.iter().map(|&id| self.view(id, false)).collect();
         // Only the head of the queue can be admitted this step; looking up prefix hits for the
         // whole queue would cost O(queue) hashing per step for nothing.
-        let lookahead = self.config.max_num_seqs.saturating_sub(self.running.len()).min(self.waiting.len());
-        let waiting: Vec<RequestView> = self.waiting.iter().take(lookahead).map(|&id| self.view(id, true)).collect();
+        // Swapped-out requests come back before anyone new is admitted (they hold finished work).
+        let lookahead = if self.num_swapped() > 0 { 0 } else { self.config.max_num_seqs.saturating_sub(self.running.len()).min(self.waiting.len()) };
+        let waiting: Vec<RequestView> =
+            self.waiting.iter().filter(|&&id| !self.tier_is_loading(id)).take(lookahead).map(|&id| self.view(id, true)).collect();
         let input = StepInput {
             running: &running,
             waiting: &waiting,
@@ -276,6 +296,10 @@ impl Engine {
             self.stats.add_preemptions(decision.preempted.len());
             // Oldest first in the list; prepend as one block to keep arrival order at the front.
             for &id in decision.preempted.iter().rev() {
+                if self.tier_swap_out(id)? {
+                    continue;
+                }
+                self.tier_write_down(id);
                 self.kv.free(id)?;
                 self.running.retain(|&r| r != id);
                 let seq = self.seqs.get_mut(&id).context("preempted an unknown request")?;
@@ -373,12 +397,18 @@ impl Engine {
                 });
             }
         }
+        let forward_started = Instant::now();
         let result = if budgeted.is_empty() {
             self.runner.run(&entries, None)
         } else {
             let mut evictor = Evictor { seqs: budgeted, block_size: bs };
             self.runner.run(&entries, Some(&mut evictor))
         };
+        if let Some(off) = self.offload.as_mut() {
+            if decision.scheduled.iter().any(|c| c.num_new_tokens > 1) {
+                off.cost.observe_forward(decision.scheduled.iter().map(|c| c.num_new_tokens).sum(), forward_started.elapsed());
+            }
+        }
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -388,6 +418,8 @@ impl Engine {
                     if let Some(seq) = self.seqs.get_mut(&chunk.id) {
                         seq.fail(msg.clone());
                     }
+                    // Its blocks were cached at allocation but never written: unhook them.
+                    let _ = self.kv.disable_caching(chunk.id);
                     self.remove(chunk.id, FinishKind::Abort);
                 }
                 return;
@@ -476,6 +508,8 @@ impl Engine {
     fn remove(&mut self, id: u64, kind: FinishKind) {
         let Some(seq) = self.seqs.remove(&id) else { return };
         self.budgets.remove(&id);
+        self.tier_write_down(id);
+        self.tier_forget(id);
         if let Err(e) = self.kv.free(id).and_then(|_| self.kv.remove_request(id)) {
             tracing::error!("request {id}: releasing KV blocks failed: {e}");
         }
@@ -505,7 +539,7 @@ impl Engine {
     }
 
     fn publish_queues(&self) {
-        self.stats.set_queues(self.running.len(), self.waiting.len());
+        self.stats.set_queues(self.running.len(), self.waiting.len() + self.num_swapped());
         let held: usize = self.running.iter().filter_map(|&id| self.kv.num_slotted_tokens(id)).sum();
         self.stats.set_kv_tokens_held(held);
         self.stats.set_kv_state(self.kv_state());
@@ -546,6 +580,9 @@ impl Engine {
         }
         if self.kv.num_free_blocks() != self.info.num_blocks {
             return Err(format!("{} of {} blocks free", self.kv.num_free_blocks(), self.info.num_blocks));
+        }
+        if let Some(off) = &self.offload {
+            off.idle_check()?;
         }
         self.kv.check_invariants()
     }

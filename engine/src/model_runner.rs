@@ -58,6 +58,11 @@ impl ModelRunner {
         &self.model
     }
 
+    /// The cache tensors, for the offload tier's block copies.
+    pub(crate) fn cache(&self) -> &PagedKvCache {
+        &self.cache
+    }
+
     /// Copies whole blocks (`[source, copy]`) in every layer: a request's private copies of
     /// prefix-cache blocks it will rewrite.
     pub fn copy_blocks(&self, pairs: &[[u32; 2]]) -> Result<()> {

@@ -5,11 +5,13 @@
 //! Must not know: Prometheus or any exporter format (the cli crate renders them).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::kv_policy::KvPolicyKind;
 use crate::kv_state::KvState;
+use crate::offload::counters::{OffloadCounters, OffloadSnapshot};
 
 const POLICIES: usize = KvPolicyKind::ALL.len();
 
@@ -38,6 +40,8 @@ pub struct EngineStats {
     kv_tokens_held: AtomicU64,
     /// Replaced whole after every step (readers copy it; the engine never waits for them long).
     kv_state: Mutex<KvState>,
+    /// The offload tiers' counters (shared with the tier's I/O threads).
+    pub offload: Arc<OffloadCounters>,
 }
 
 /// One KV policy's counters.
@@ -68,6 +72,7 @@ pub struct StatsSnapshot {
     /// Every policy, in `KvPolicyKind::ALL` order (zeros included, so exporters see each label).
     pub kv_policies: Vec<KvPolicyCounters>,
     pub kv_tokens_held: u64,
+    pub offload: OffloadSnapshot,
 }
 
 impl EngineStats {
@@ -96,6 +101,7 @@ impl EngineStats {
                 })
                 .collect(),
             kv_tokens_held: self.kv_tokens_held.load(Relaxed),
+            offload: self.offload.snapshot(),
         }
     }
 

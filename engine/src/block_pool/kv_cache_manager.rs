@@ -32,6 +32,9 @@ use kvault_scheduler::footprint;
 use super::pool::{BlockId, BlockPool, BlockPoolError, NotEnoughBlocks};
 use std::collections::HashMap;
 
+mod tier_seam;
+pub use tier_seam::Adopted;
+
 /// Opaque id the engine gives each request.
 pub type RequestId = u64;
 
@@ -138,9 +141,6 @@ impl KvCacheManager {
     pub fn num_free_blocks(&self) -> usize {
         self.pool.num_free_blocks()
     }
-
-
-
 
     /// Registers a request with its prompt and hashes the prompt's full blocks.
     pub fn add_request(

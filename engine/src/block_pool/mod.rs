@@ -25,7 +25,7 @@ mod model_check;
 mod pool_tests;
 
 pub use hash::{hash_block, BlockHash, ExtraKeys, HASH_SEED};
-pub use kv_cache_manager::{KvCacheError, KvCacheManager, PrefixHit, PrivateCopies, RequestId};
+pub use kv_cache_manager::{Adopted, KvCacheError, KvCacheManager, PrefixHit, PrivateCopies, RequestId};
 pub use pool::{BlockId, BlockPool, BlockPoolError, NotEnoughBlocks};
 
 /// Tokens per block unless the user picks another `--block-size`.

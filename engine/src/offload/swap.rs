@@ -58,6 +58,10 @@ impl SwapSpace {
         self.entries.get(&id).map(|e| (id, e))
     }
 
+    pub fn entry(&self, id: u64) -> Option<&SwapEntry> {
+        self.entries.get(&id)
+    }
+
     pub fn take(&mut self, id: u64) -> Option<SwapEntry> {
         let e = self.entries.remove(&id)?;
         self.order.retain(|&o| o != id);
