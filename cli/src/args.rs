@@ -136,6 +136,7 @@ impl EngineArgs {
             },
             enable_prefix_caching: !self.no_prefix_caching,
             max_queued_requests,
+            offload: Default::default(),
         }
     }
 }

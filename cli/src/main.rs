@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod font;
 mod kv;
+mod offload;
 mod prompt;
 
 use clap::{Parser, Subcommand};
@@ -33,7 +34,7 @@ enum Command {
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA).
-    Doctor,
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 fn main() {
@@ -45,7 +46,7 @@ fn main() {
         Command::Serve(a) => commands::serve::run(a),
         Command::Bench(c) => commands::bench::run(c),
         Command::Eval(c) => commands::eval::run(c),
-        Command::Doctor => commands::doctor::run(),
+        Command::Doctor(a) => commands::doctor::run(a),
     };
     if let Err(e) = result {
         // `{:#}` joins the context chain on one line: "file: what failed: why".

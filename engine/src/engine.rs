@@ -120,6 +120,7 @@ impl Engine {
             special_tokens: model.special_tokens.clone(),
             chat_template: model.chat_template.clone(),
             weights_description: model.weights_description.clone(),
+            offload: offload.as_ref().map(Offload::describe),
         });
         stats.set_blocks(size.num_blocks, kv.num_free_blocks());
         Ok(Self {

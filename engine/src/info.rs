@@ -28,6 +28,8 @@ pub struct EngineInfo {
     pub special_tokens: SpecialTokens,
     pub chat_template: Option<ChatTemplate>,
     pub weights_description: String,
+    /// The offload tier's configuration and what its disk held at start-up, when configured.
+    pub offload: Option<String>,
 }
 
 impl EngineInfo {

@@ -1,10 +1,25 @@
 //! `kvault doctor`: what this binary was built with and what it finds on the machine (CPU
-//! features, threads, the CUDA driver and devices, compiled kernel architectures).
+//! features, threads, the CUDA driver and devices, compiled kernel architectures), and the KV
+//! offload tier the given flags configure.
 
 use anyhow::Result;
+use clap::Args;
 
-pub fn run() -> Result<()> {
+use crate::offload::OffloadArgs;
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DoctorArgs {
+    /// The offload flags `serve` would get: doctor shows the tier they configure and what the
+    /// directory holds.
+    #[command(flatten)]
+    pub offload: OffloadArgs,
+}
+
+pub fn run(args: DoctorArgs) -> Result<()> {
     println!("kvault {}", crate::VERSION);
+    for line in args.offload.report() {
+        println!("{line}");
+    }
     println!("cpu: {} threads available to kvault", rayon_threads());
     #[cfg(target_arch = "x86_64")]
     {

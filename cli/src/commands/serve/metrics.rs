@@ -45,6 +45,7 @@ pub struct Metrics {
     success: IntCounterVec,
     good: IntCounter,
     sla_checked: IntCounter,
+    offload: super::metrics_offload::OffloadMetrics,
 }
 
 fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -106,6 +107,7 @@ impl Metrics {
                 "Finished requests within the SLA (TTFT and maximum inter-token gap); its rate is goodput.",
             )?,
             sla_checked: counter("kvault:sla_checked_requests_total", "Finished requests checked against the SLA.")?,
+            offload: super::metrics_offload::OffloadMetrics::new(&r)?,
             registry: r,
             epoch: Instant::now(),
             sla,
@@ -144,6 +146,7 @@ impl Metrics {
             grow(&self.kv_policy_requests.with_label_values(&label), now.requests, requests);
             grow(&self.kv_evicted_tokens.with_label_values(&label), now.evicted_tokens, evicted_tokens);
         }
+        self.offload.sync(&s.offload, &last.offload);
         *last = s.clone();
     }
 

@@ -16,6 +16,7 @@ mod generation;
 mod kv_state;
 mod logprobs;
 mod metrics;
+mod metrics_offload;
 mod model_name;
 mod openapi;
 mod params;
@@ -40,6 +41,7 @@ use tokio::sync::watch;
 
 use crate::args::{EngineArgs, ModelArgs};
 use crate::kv::KvArgs;
+use crate::offload::OffloadArgs;
 use metrics::Metrics;
 use state::AppState;
 
@@ -52,6 +54,8 @@ pub struct ServeArgs {
     // The KV policy of requests that set no `kv_*` field; a request's own fields overlay it.
     #[command(flatten)]
     pub kv: KvArgs,
+    #[command(flatten)]
+    pub offload: OffloadArgs,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -107,6 +111,8 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
         }
         None => None,
     };
+    // Checked before listening: a missing tier directory is a start-up error naming it.
+    let offload = args.offload.config(&args.model)?;
     let address = format!("{}:{}", args.host, args.port);
     let listener = TcpListener::bind(&address).await.with_context(|| format!("--host/--port: cannot listen on {address}"))?;
     let local = listener.local_addr()?;
@@ -129,7 +135,8 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
         axum::serve(listener, routes::router(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone())).into_future(),
     );
 
-    let (model, config) = (args.model.clone(), args.engine.config(args.max_queued_requests));
+    let (model, mut config) = (args.model.clone(), args.engine.config(args.max_queued_requests));
+    config.offload = offload;
     let loading = tokio::task::spawn_blocking(move || -> Result<EngineHandle> { EngineHandle::start(model.load()?, config) });
     let engine = tokio::select! {
         loaded = loading => Arc::new(loaded.context("model loading thread")??),
@@ -151,6 +158,9 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
         info.block_size,
         kv_default.describe()
     );
+    if let Some(tier) = &info.offload {
+        eprintln!("kvault: {tier}");
+    }
     state.set_engine(engine.clone());
 
     // Biased: a stop signal also ends the server (graceful shutdown); when both are ready the
