@@ -174,3 +174,55 @@ fn bad_tier_settings_are_start_up_errors_naming_the_problem() {
     let err = EngineHandle::start(stories(), cfg).err().unwrap().to_string();
     assert!(err.contains("--kv-offload-ram"), "{err}");
 }
+
+#[test]
+fn a_disk_tier_that_cannot_write_disables_itself_and_serving_continues() {
+    let model = stories();
+    let ps = prompts(&model, 8, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = EngineHandle::start(stories(), with_tiers(64, None, Some(dir.path()))).unwrap();
+    // The tier's directory vanishes under it (as a full or failed disk would fail writes).
+    for sub in std::fs::read_dir(dir.path()).unwrap() {
+        std::fs::remove_dir_all(sub.unwrap().path()).unwrap();
+    }
+    let first = run_all(&engine, &[(ps[5].clone(), greedy(8))]).pop().unwrap();
+    let t = std::time::Instant::now();
+    while !engine.stats().offload.disk.disabled && t.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stats = engine.stats().offload;
+    assert!(stats.disk.disabled, "{stats:?}");
+    assert_eq!(stats.disk.blocks_held, 0);
+    // Serving goes on, with the same output, and later blocks are not even queued.
+    let again = run_all(&engine, &[(ps[5].clone(), greedy(8)), (ps[6].clone(), greedy(8))]);
+    assert_eq!(again[0].ids, first.ids);
+    engine.check_idle().unwrap();
+}
+
+#[test]
+fn the_disk_tier_never_holds_more_than_its_budget() {
+    let model = stories();
+    let ps = prompts(&model, 8, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = with_tiers(32, None, Some(dir.path()));
+    // Room for a few stories260K blocks: most prompts' extents push older ones out.
+    let budget = 96 * 1024;
+    cfg.offload.disk_bytes = Some(budget);
+    let engine = EngineHandle::start(stories(), cfg).unwrap();
+    for p in &ps {
+        run_all(&engine, &[(p.clone(), greedy(4))]);
+        let on_disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flat_map(|sub| std::fs::read_dir(sub.unwrap().path()).unwrap())
+            .map(|f| f.unwrap().metadata().unwrap().len())
+            .filter(|&len| len > 8)
+            .sum();
+        let held = engine.stats().offload.disk.bytes_held;
+        assert!(held <= budget && on_disk <= budget + 4096, "held {held}, files {on_disk}, budget {budget}");
+    }
+    // Shutting down joins the writer, so every queued extent has been written (or dropped).
+    engine.shutdown();
+    let stats = engine.stats().offload.disk;
+    assert!(stats.bytes_in > budget, "the budget was meant to be exceeded by what was written: {stats:?}");
+    assert!(stats.bytes_held <= budget, "{stats:?}");
+}

@@ -55,7 +55,7 @@ impl Engine {
         if !off.keeps_prefixes() {
             return;
         }
-        let blocks: Vec<_> = self.kv.hashed_blocks(id).into_iter().filter(|(_, h)| !off.holds(h)).collect();
+        let blocks: Vec<_> = self.kv.hashed_blocks(id).into_iter().filter(|(_, h)| off.wants(h)).collect();
         if blocks.is_empty() {
             return;
         }
@@ -152,6 +152,9 @@ impl Engine {
     /// For the waiting requests the scheduler will look at: copy the blocks that follow their
     /// pool hit from RAM (or staged from disk) into free pool blocks, cached under their hashes.
     fn promote_waiting(&mut self) {
+        if self.num_swapped() > 0 {
+            return; // nobody new is admitted until the swapped-out requests are back
+        }
         let lookahead = self.config.max_num_seqs.saturating_sub(self.running.len()).min(self.waiting.len());
         let ids: Vec<u64> = self.waiting.iter().take(lookahead).copied().collect();
         for id in ids {

@@ -177,14 +177,14 @@ impl Offload {
         format!("KV offload tier: {}", parts.join(", "))
     }
 
-    /// Already held by a tier (or queued for the disk): no need to copy it out again.
-    pub fn holds(&self, hash: &BlockHash) -> bool {
-        self.ram.as_ref().is_some_and(|r| r.contains(hash)) || self.disk.as_ref().is_some_and(|d| d.has(hash))
+    /// Some tier that keeps prefixes lacks this block: it is worth copying out.
+    pub fn wants(&self, hash: &BlockHash) -> bool {
+        self.ram.as_ref().is_some_and(|r| !r.contains(hash)) || self.disk.as_ref().is_some_and(|d| d.accepts_writes() && !d.has(hash))
     }
 
     /// Whether prefix blocks are kept below the pool at all (not only swap).
     pub fn keeps_prefixes(&self) -> bool {
-        self.ram.is_some() || self.disk.as_ref().is_some_and(|d| d.shared.owner)
+        self.ram.is_some() || self.disk.as_ref().is_some_and(DiskTier::accepts_writes)
     }
 
     /// Writes blocks down: into RAM, and queued for the disk.

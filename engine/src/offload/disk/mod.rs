@@ -204,6 +204,11 @@ impl DiskTier {
         Ok((DiskTier { shared, writes, reads: Some(reads_tx), loaded, threads, _lock: Some(lock) }, report))
     }
 
+    /// This process owns the directory and the tier has not disabled itself.
+    pub fn accepts_writes(&self) -> bool {
+        self.writes.is_some() && !self.shared.is_disabled()
+    }
+
     /// Published or queued.
     pub fn has(&self, hash: &BlockHash) -> bool {
         self.shared.index.lock().has(hash)
