@@ -31,6 +31,14 @@ fn with_tiers(num_blocks: usize, ram: Option<u64>, disk: Option<&Path>) -> Engin
     }
 }
 
+/// Serves one request on a fresh engine, then shuts it down (which waits for the tier's writes).
+fn serve_once(cfg: EngineConfig, req: (Vec<u32>, SamplingParams)) -> support::Collected {
+    let engine = EngineHandle::start(stories(), cfg).unwrap();
+    let out = run_all(&engine, &[req]).pop().unwrap();
+    engine.shutdown();
+    out
+}
+
 /// Runs other prompts until none of `target`'s blocks can still be in a pool of this size.
 fn flush_pool(engine: &EngineHandle, others: &[Vec<u32>]) {
     for p in others {
@@ -64,12 +72,7 @@ fn a_new_engine_on_the_same_directory_hits_the_disk_tier_with_identical_output()
     let model = stories();
     let target = prompts(&model, 8, 200)[5].clone();
     let dir = tempfile::tempdir().unwrap();
-    let first = {
-        let engine = EngineHandle::start(stories(), with_tiers(64, None, Some(dir.path()))).unwrap();
-        let out = run_all(&engine, &[(target.clone(), greedy_logprobs(20))]).pop().unwrap();
-        engine.shutdown();
-        out
-    };
+    let first = serve_once(with_tiers(64, None, Some(dir.path())), (target.clone(), greedy_logprobs(20)));
     let engine = EngineHandle::start(stories(), with_tiers(64, None, Some(dir.path()))).unwrap();
     let again = run_all(&engine, &[(target.clone(), greedy_logprobs(20))]).pop().unwrap();
     let stats = engine.stats().offload;
@@ -84,11 +87,7 @@ fn another_model_layout_on_the_same_directory_never_hits() {
     let model = stories();
     let target = prompts(&model, 8, 200)[5].clone();
     let dir = tempfile::tempdir().unwrap();
-    {
-        let engine = EngineHandle::start(stories(), with_tiers(64, None, Some(dir.path()))).unwrap();
-        run_all(&engine, &[(target.clone(), greedy(4))]);
-        engine.shutdown();
-    }
+    serve_once(with_tiers(64, None, Some(dir.path())), (target.clone(), greedy(4)));
     // Same weights, other block size: other keys, never a hit.
     let cfg = EngineConfig { block_size: 32, ..with_tiers(64, None, Some(dir.path())) };
     let engine = EngineHandle::start(stories(), cfg).unwrap();
