@@ -2,7 +2,9 @@
 # TTFT of a ~2K-token prompt through `kvault serve` (SmolLM2-135M Q4_1): cold, pool hit, RAM-tier
 # hit (after two other prompts pushed it out of a 200-block pool), and disk-tier hit after a
 # restart on the same directory. TTFT = the time of a max_tokens=1 completion (prefill + one
-# sampled token). Prints one line per case per round: case, seconds, cached tokens.
+# sampled token). Prints one line per case per round: case, seconds, cached tokens. With WARMUP=1
+# each fresh server first answers a short unrelated prompt, so cold and disk-hit times exclude
+# the first request's one-off costs (KV pool pages touched for the first time, thread start-up).
 # Usage: benches/scripts/offload_ttft.sh [ROUNDS]   (KVAULT=path/to/kvault to pick a binary)
 set -euo pipefail
 ROUNDS=${1:-3}
@@ -17,6 +19,9 @@ start() {
     --kv-offload-ram 1GiB --kv-offload-dir "$1" --kv-offload-disk 4GiB 2>"$1.log" &
   PID=$!
   until curl -sf "$URL/health" >/dev/null; do sleep 0.2; done
+  if [ "${WARMUP:-0}" = 1 ]; then
+    curl -s -o /dev/null -H 'content-type: application/json' -d '{"model":"m","prompt":"Hello there.","max_tokens":1}' "$URL/v1/completions"
+  fi
 }
 
 # Prompt number $1: 8600 characters (~2K SmolLM2 tokens) of Moby Dick.
