@@ -17,9 +17,6 @@ pub struct DoctorArgs {
 
 pub fn run(args: DoctorArgs) -> Result<()> {
     println!("kvault {}", crate::VERSION);
-    for line in args.offload.report() {
-        println!("{line}");
-    }
     println!("cpu: {} threads available to kvault", rayon_threads());
     #[cfg(target_arch = "x86_64")]
     {
@@ -34,7 +31,11 @@ pub fn run(args: DoctorArgs) -> Result<()> {
         .collect();
         println!("cpu features: {}", if feats.is_empty() { "none of avx2/fma/f16c/avx512f".into() } else { feats.join(" ") });
     }
-    cuda()
+    cuda()?;
+    for line in args.offload.report() {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn rayon_threads() -> usize {

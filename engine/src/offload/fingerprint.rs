@@ -72,13 +72,6 @@ pub struct CacheLayout {
     pub tensors: Vec<(Vec<usize>, String)>,
 }
 
-impl CacheLayout {
-    /// Bytes one block occupies across every layer and tensor.
-    pub fn block_bytes(&self, dtype_size: impl Fn(&str) -> usize) -> usize {
-        self.tensors.iter().map(|(dims, dt)| dims.iter().product::<usize>() * dtype_size(dt)).sum()
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModelFingerprint(pub [u8; 32]);
 

@@ -111,11 +111,6 @@ impl<K: Hash + Eq + Clone> LruBudget<K> {
         self.order.values()
     }
 
-    /// The size of a held key.
-    pub fn size_of(&self, key: &K) -> Option<u64> {
-        self.entries.get(key).map(|e| e.0)
-    }
-
     fn evict_until(&mut self, incoming: u64) -> Vec<K> {
         let mut evicted = Vec::new();
         while self.used + self.pinned + incoming > self.budget {

@@ -52,12 +52,6 @@ impl SwapSpace {
         }
     }
 
-    /// The request to resume next (the first swapped out).
-    pub fn front(&self) -> Option<(u64, &SwapEntry)> {
-        let id = *self.order.front()?;
-        self.entries.get(&id).map(|e| (id, e))
-    }
-
     pub fn entry(&self, id: u64) -> Option<&SwapEntry> {
         self.entries.get(&id)
     }
@@ -66,10 +60,6 @@ impl SwapSpace {
         let e = self.entries.remove(&id)?;
         self.order.retain(|&o| o != id);
         Some(e)
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
-        self.entries.contains_key(&id)
     }
 
     pub fn len(&self) -> usize {
@@ -151,14 +141,15 @@ mod tests {
     }
 
     #[test]
-    fn swapped_requests_resume_in_the_order_they_left() {
+    fn swapped_requests_are_listed_in_the_order_they_left() {
         let mut s = SwapSpace::default();
         let entry = |n| SwapEntry { blocks: vec![Arc::new(vec![0u8; n])], num_slotted: n, bytes: n as u64 };
         s.put(7, entry(1));
         s.put(3, entry(2));
-        assert_eq!(s.front().map(|(id, _)| id), Some(7));
+        assert_eq!(s.ids().collect::<Vec<_>>(), vec![7, 3]);
         assert_eq!(s.take(7).map(|e| e.num_slotted), Some(1));
-        assert_eq!(s.front().map(|(id, _)| id), Some(3));
+        assert_eq!(s.ids().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(s.entry(3).map(|e| e.bytes), Some(2));
         assert!(s.take(7).is_none());
         assert_eq!(s.len(), 1);
     }
