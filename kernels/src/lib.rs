@@ -21,7 +21,7 @@ pub mod silu_mul;
 
 pub use paged::{
     attention_mass, copy_blocks, move_slots, paged_attention, write_kv, AttentionMetadata, BlockCopies, HostMetadata,
-    KvCacheShape, LayerKvCache, MassVoter, PagedKvCache, SlotMoves,
+    KvCacheShape, KvDtype, LayerKvCache, MassVoter, PagedKvCache, SlotMoves,
 };
 pub use matmul::{matmul_bt, QuantizedMatrix};
 pub use rms_norm::rms_norm;
