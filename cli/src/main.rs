@@ -32,8 +32,9 @@ enum Command {
     /// What KV policies cost in quality: perplexity and KL to the full cache, retrieval accuracy.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
-    /// Report what this build supports and what it finds on this machine (CPU, CUDA).
-    Doctor,
+    /// Report what this build supports and what it finds on this machine (CPU, CUDA), and the
+    /// KV cache bytes per token of a model in each KV cache dtype.
+    Doctor(commands::doctor::DoctorArgs),
 }
 
 fn main() {
@@ -45,7 +46,7 @@ fn main() {
         Command::Serve(a) => commands::serve::run(a),
         Command::Bench(c) => commands::bench::run(c),
         Command::Eval(c) => commands::eval::run(c),
-        Command::Doctor => commands::doctor::run(),
+        Command::Doctor(a) => commands::doctor::run(a),
     };
     if let Err(e) = result {
         // `{:#}` joins the context chain on one line: "file: what failed: why".

@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use kvault_kernels::KvDtype;
 use kvault_models::model::LoadedModel;
 use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, RequestView, Scheduler, StepDecision, StepInput};
 
@@ -37,6 +38,8 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Requests allowed to wait beyond `max_num_seqs` running ones before submissions are refused.
     pub max_queued_requests: usize,
+    /// KV cache element type; `None` (`auto`): the model's compute dtype.
+    pub kv_cache_dtype: Option<KvDtype>,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +53,7 @@ impl Default for EngineConfig {
             policy: PolicyKind::PastFuture,
             enable_prefix_caching: true,
             max_queued_requests: 4096,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -77,19 +81,23 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: LoadedModel, config: EngineConfig, stats: Arc<EngineStats>) -> Result<Self> {
         let cfg = model.model.config().clone();
+        let kv_dtype = match config.kv_cache_dtype {
+            Some(d) => d,
+            None => KvDtype::from_float(model.model.dtype())?,
+        };
         let footprint = BlockFootprint {
             num_layers: cfg.num_layers,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
             block_size: config.block_size,
-            dtype_bytes: model.model.dtype().size_in_bytes(),
+            kv_row_bytes: kv_dtype.row_bytes(cfg.head_dim),
             slot_meta_bytes: 8,
         };
         let (size, note) = size_cache(footprint, config.cache_budget, config.max_model_len, cfg.max_position_embeddings)?;
         if let Some(note) = note {
             tracing::info!("{note}");
         }
-        let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size)?;
+        let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size, kv_dtype)?;
         let kv = KvCacheManager::new(size.num_blocks, size.block_size, config.enable_prefix_caching)?;
         let scheduler = Scheduler::from_config(&PolicyConfig { kind: config.policy, ..PolicyConfig::default() })?;
         let eos_token_ids = Arc::new(model.special_tokens.eos_token_ids.clone());
@@ -100,6 +108,8 @@ impl Engine {
             block_size: size.block_size,
             num_blocks: size.num_blocks,
             cache_bytes: size.bytes,
+            kv_cache_dtype: kv_dtype,
+            kv_bytes_per_token: footprint.bytes_per_token(),
             policy: config.policy,
             tokenizer: model.tokenizer.clone(),
             special_tokens: model.special_tokens.clone(),

@@ -18,7 +18,7 @@ pub mod slot_moves;
 pub mod write_kv;
 
 pub use attention::mass::{attention_mass, MassVoter};
-pub use attention::paged_attention;
+pub use attention::{cpu_attention_level, paged_attention};
 pub use cache::{KvCacheShape, LayerKvCache, PagedKvCache};
 pub use kv_dtype::KvDtype;
 pub use metadata::{AttentionMetadata, HostMetadata};

@@ -75,6 +75,15 @@ pub fn paged_attention(
     q.apply_op3_no_bwd(&cache.key, &cache.value, &op)
 }
 
+/// The instruction-set level the CPU attention kernel runs at on this machine (for `doctor`).
+pub fn cpu_attention_level() -> &'static str {
+    match cpu::Level::detect() {
+        cpu::Level::Avx512 => "avx512",
+        cpu::Level::Avx2 => "avx2+fma",
+        cpu::Level::Portable => "portable",
+    }
+}
+
 /// The CustomOp: inputs `(q, key_cache, value_cache)`, metadata and scale carried in the struct.
 /// (A CUDA `cuda_fwd` reads the metadata's device tensors; the CPU path reads `meta.host`.)
 pub(crate) struct PagedAttention<'a> {
