@@ -361,7 +361,16 @@ proptest! {
 #[test]
 #[ignore = "timing, not a check"]
 fn decode_step_timing() -> Result<()> {
-    let case = random_case(1, &Spec::f32(16, 3, 3, 64), &[(2047, 1)], true)?;
+    for dtype in KvDtype::ALL {
+        decode_step_timing_for(dtype)?;
+    }
+    Ok(())
+}
+
+fn decode_step_timing_for(dtype: KvDtype) -> Result<()> {
+    let context = std::env::var("KVAULT_TIMING_CONTEXT").ok().and_then(|c| c.parse().ok()).unwrap_or(2048usize);
+    let spec = Spec { cache_dtype: dtype, ..Spec::f32(16, 3, 3, 64) };
+    let case = random_case(1, &spec, &[(context - 1, 1)], true)?;
     let scale = 0.125;
     for _ in 0..50 {
         paged_attention(&case.q, &case.cache, &case.meta, scale)?;
@@ -375,7 +384,7 @@ fn decode_step_timing() -> Result<()> {
     }
     times.sort();
     eprintln!(
-        "paged_attention decode (1 seq, 9 q heads / 3 kv heads, head_dim 64, context 2048, block 16, {} threads): median {:?}, p10 {:?}, p90 {:?}",
+        "paged_attention decode, {dtype} cache (1 seq, 9 q heads / 3 kv heads, head_dim 64, context {context}, block 16, {} threads): median {:?}, p10 {:?}, p90 {:?}",
         rayon::current_num_threads(),
         times[times.len() / 2],
         times[times.len() / 10],
