@@ -154,3 +154,17 @@ __device__ void kv_attend_blocks(KvAttnSmem s, typename KvRow<C>::E* v_tile, int
         __syncthreads();
     }
 }
+
+// Every (query dtype, cache element) pair the attention kernels are instantiated for: the query's
+// own float dtype, then int8 and fp8 caches read by each query dtype. `SHAPES(suffix, T, C)`
+// instantiates one pair at every compiled (block size, head dim); the suffix names the kernel.
+#define KV_ATTENTION_DTYPES(SHAPES)                 \
+    SHAPES(f32, float, float)                       \
+    SHAPES(f16, __half, __half)                     \
+    SHAPES(bf16, __nv_bfloat16, __nv_bfloat16)      \
+    SHAPES(f32_int8, float, KvInt8)                 \
+    SHAPES(f16_int8, __half, KvInt8)                \
+    SHAPES(bf16_int8, __nv_bfloat16, KvInt8)        \
+    SHAPES(f32_fp8, float, KvFp8)                   \
+    SHAPES(f16_fp8, __half, KvFp8)                  \
+    SHAPES(bf16_fp8, __nv_bfloat16, KvFp8)

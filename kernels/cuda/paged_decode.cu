@@ -76,15 +76,7 @@ __device__ void paged_decode_split(const T* __restrict__ q,
     KV_PAGED_DECODE(suffix, T, C, 32, 64)    \
     KV_PAGED_DECODE(suffix, T, C, 32, 128)
 
-KV_PAGED_DECODE_SHAPES(f32, float, float)
-KV_PAGED_DECODE_SHAPES(f16, __half, __half)
-KV_PAGED_DECODE_SHAPES(bf16, __nv_bfloat16, __nv_bfloat16)
-KV_PAGED_DECODE_SHAPES(f32_int8, float, KvInt8)
-KV_PAGED_DECODE_SHAPES(f16_int8, __half, KvInt8)
-KV_PAGED_DECODE_SHAPES(bf16_int8, __nv_bfloat16, KvInt8)
-KV_PAGED_DECODE_SHAPES(f32_fp8, float, KvFp8)
-KV_PAGED_DECODE_SHAPES(f16_fp8, __half, KvFp8)
-KV_PAGED_DECODE_SHAPES(bf16_fp8, __nv_bfloat16, KvFp8)
+KV_ATTENTION_DTYPES(KV_PAGED_DECODE_SHAPES)
 
 // One CTA per (sequence, head); threads over the head dim. out [S, H, D] in the query dtype.
 template <typename T>

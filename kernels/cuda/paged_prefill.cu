@@ -78,12 +78,4 @@ __device__ void paged_prefill_tile(T* out, const T* __restrict__ q,
     KV_PAGED_PREFILL(suffix, T, C, 32, 64)    \
     KV_PAGED_PREFILL(suffix, T, C, 32, 128)
 
-KV_PAGED_PREFILL_SHAPES(f32, float, float)
-KV_PAGED_PREFILL_SHAPES(f16, __half, __half)
-KV_PAGED_PREFILL_SHAPES(bf16, __nv_bfloat16, __nv_bfloat16)
-KV_PAGED_PREFILL_SHAPES(f32_int8, float, KvInt8)
-KV_PAGED_PREFILL_SHAPES(f16_int8, __half, KvInt8)
-KV_PAGED_PREFILL_SHAPES(bf16_int8, __nv_bfloat16, KvInt8)
-KV_PAGED_PREFILL_SHAPES(f32_fp8, float, KvFp8)
-KV_PAGED_PREFILL_SHAPES(f16_fp8, __half, KvFp8)
-KV_PAGED_PREFILL_SHAPES(bf16_fp8, __nv_bfloat16, KvFp8)
+KV_ATTENTION_DTYPES(KV_PAGED_PREFILL_SHAPES)

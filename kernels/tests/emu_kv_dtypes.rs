@@ -15,7 +15,7 @@ use kvault_kernels::{copy_blocks, move_slots, paged_attention, write_kv, BlockCo
 use kvault_kernels_emu::plan::{write_kv_quant_plan, CacheFormat};
 use kvault_kernels_emu::{launch_checked, Arg, LaunchStats};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 const QUANTIZED: [KvDtype; 2] = [KvDtype::Int8, KvDtype::Fp8];
 
@@ -89,23 +89,7 @@ fn quantizing_write_kv_kernels_store_the_same_codes_and_scales_as_the_cpu_op() -
             let mut inp = build_attention(&case, &mut rng)?;
             quantize_cache(&mut inp, kind)?;
             // Skip some writes: those slots must keep their old bytes.
-            let mut slots = inp.meta.host.slot_mapping.clone();
-            for s in slots.iter_mut() {
-                if rng.random_bool(0.25) {
-                    *s = -1;
-                }
-            }
-            let host = &inp.meta.host;
-            let tables = (0..inp.meta.num_seqs).map(|s| host.block_table(s).to_vec()).collect();
-            inp.meta = kvault_kernels::AttentionMetadata::new(
-                slots,
-                host.positions.clone(),
-                tables,
-                case.seqs.iter().map(|s| s.0).collect(),
-                case.seqs.iter().map(|s| s.1).collect(),
-                block_size,
-                &Device::Cpu,
-            )?;
+            skip_some_writes(&mut inp, &mut rng)?;
             let t = inp.meta.num_tokens;
             // Magnitudes spanning 1e-3..10 per row, and one all-zero row (scale 0).
             let k = (random_tensor(&mut rng, &[t, num_kv_heads, head_dim], 3.0, DType::F32)? * 3.0)?;

@@ -48,13 +48,10 @@ pub fn write_kv(cache: &LayerKvCache, k: &Tensor, v: &Tensor, meta: &AttentionMe
     cache.slot_pos.inplace_op3(&meta.positions, &meta.slot_mapping, &ScatterPositions)
 }
 
-/// dst `[num_blocks, heads, block_size, row]` ← src `[T, heads, row]` at slots `[T]` (I64).
-/// `row` is `head_dim` for K/V and 1 for `slot_pos`.
-fn scatter<T: Copy>(dst: &mut [T], dst_dims: &[usize], src: &[T], slots: &[i64], row: usize, op: &str) -> Result<()> {
-    let (num_blocks, heads, block_size) = (dst_dims[0], dst_dims[1], dst_dims[2]);
-    if src.len() != slots.len() * heads * row {
-        bail!("{op}: source has {} elements, expected {} tokens × {heads} × {row}", src.len(), slots.len())
-    }
+/// Calls `write(t, h, d)` for every written (token, head): `d` is the destination row's index in
+/// `[num_blocks, heads, block_size]` order; slot -1 skips the token.
+fn for_each_slot(dims: &[usize], slots: &[i64], op: &str, mut write: impl FnMut(usize, usize, usize)) -> Result<()> {
+    let (num_blocks, heads, block_size) = (dims[0], dims[1], dims[2]);
     for (t, &slot) in slots.iter().enumerate() {
         if slot < 0 {
             continue;
@@ -64,37 +61,37 @@ fn scatter<T: Copy>(dst: &mut [T], dst_dims: &[usize], src: &[T], slots: &[i64],
             bail!("{op}: slot {slot} is beyond the cache's {num_blocks} blocks")
         }
         for h in 0..heads {
-            let d = ((block * heads + h) * block_size + offset) * row;
-            let s = (t * heads + h) * row;
-            dst[d..d + row].copy_from_slice(&src[s..s + row]);
+            write(t, h, (block * heads + h) * block_size + offset);
         }
     }
     Ok(())
 }
 
+/// dst `[num_blocks, heads, block_size, row]` ← src `[T, heads, row]` at slots `[T]` (I64).
+/// `row` is `head_dim` for K/V and 1 for `slot_pos`.
+fn scatter<T: Copy>(dst: &mut [T], dst_dims: &[usize], src: &[T], slots: &[i64], row: usize, op: &str) -> Result<()> {
+    let heads = dst_dims[1];
+    if src.len() != slots.len() * heads * row {
+        bail!("{op}: source has {} elements, expected {} tokens × {heads} × {row}", src.len(), slots.len())
+    }
+    for_each_slot(dst_dims, slots, op, |t, h, d| {
+        let s = (t * heads + h) * row;
+        dst[d * row..(d + 1) * row].copy_from_slice(&src[s..s + row]);
+    })
+}
+
 /// dst `[num_blocks, heads, block_size, head_dim + 4]` bytes ← src f32 `[T, heads, head_dim]`
 /// quantized row by row at slots `[T]`.
 fn scatter_quantized(kind: KvDtype, dst: &mut [u8], dst_dims: &[usize], src: &[f32], slots: &[i64], op: &str) -> Result<()> {
-    let (num_blocks, heads, block_size, row) = (dst_dims[0], dst_dims[1], dst_dims[2], dst_dims[3]);
+    let (heads, row) = (dst_dims[1], dst_dims[3]);
     let hd = kind.head_dim(row)?;
     if src.len() != slots.len() * heads * hd {
         bail!("{op}: source has {} elements, expected {} tokens × {heads} × {hd}", src.len(), slots.len())
     }
-    for (t, &slot) in slots.iter().enumerate() {
-        if slot < 0 {
-            continue;
-        }
-        let (block, offset) = (slot as usize / block_size, slot as usize % block_size);
-        if block >= num_blocks {
-            bail!("{op}: slot {slot} is beyond the cache's {num_blocks} blocks")
-        }
-        for h in 0..heads {
-            let d = ((block * heads + h) * block_size + offset) * row;
-            let s = (t * heads + h) * hd;
-            quantize_row(kind, &src[s..s + hd], &mut dst[d..d + row]);
-        }
-    }
-    Ok(())
+    for_each_slot(dst_dims, slots, op, |t, h, d| {
+        let s = (t * heads + h) * hd;
+        quantize_row(kind, &src[s..s + hd], &mut dst[d * row..(d + 1) * row]);
+    })
 }
 
 struct ScatterRows;

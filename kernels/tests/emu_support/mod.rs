@@ -172,6 +172,24 @@ pub fn build_attention(case: &AttnCase, rng: &mut StdRng) -> Result<AttnInputs> 
     Ok(AttnInputs { case: case.clone(), cache, meta, q })
 }
 
+/// Rebuilds the inputs' metadata with about a quarter of the tokens' slots set to -1 (writes
+/// the kernels must skip, leaving those slots untouched).
+pub fn skip_some_writes(inp: &mut AttnInputs, rng: &mut StdRng) -> Result<()> {
+    let host = &inp.meta.host;
+    let slots = host.slot_mapping.iter().map(|&s| if rng.random_bool(0.25) { -1 } else { s }).collect();
+    let tables = (0..inp.meta.num_seqs).map(|s| host.block_table(s).to_vec()).collect();
+    inp.meta = AttentionMetadata::new(
+        slots,
+        host.positions.clone(),
+        tables,
+        inp.case.seqs.iter().map(|s| s.0).collect(),
+        inp.case.seqs.iter().map(|s| s.1).collect(),
+        inp.case.block_size,
+        &Device::Cpu,
+    )?;
+    Ok(())
+}
+
 /// Replaces the inputs' float K/V cache with the same values quantized row by row (int8, fp8),
 /// as `write_kv` would have stored them.
 pub fn quantize_cache(inp: &mut AttnInputs, kind: KvDtype) -> Result<()> {

@@ -238,33 +238,26 @@ fn run_item_dispatch<K: KvRows>(
     run_item::<K, false>(item, q, key, value, host, g, scale)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_item_avx2<K: KvRows>(
-    item: &WorkItem,
-    q: &[f32],
-    key: &K,
-    value: &K,
-    host: &HostMetadata,
-    g: &Geometry,
-    scale: f32,
-) -> Partial {
-    run_item::<K, true>(item, q, key, value, host, g, scale)
+/// An x86 entry point: [`run_item`] with the AVX2 inner loops, compiled for `$features`.
+macro_rules! x86_entry {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<K: KvRows>(
+            item: &WorkItem,
+            q: &[f32],
+            key: &K,
+            value: &K,
+            host: &HostMetadata,
+            g: &Geometry,
+            scale: f32,
+        ) -> Partial {
+            run_item::<K, true>(item, q, key, value, host, g, scale)
+        }
+    };
 }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn run_item_avx512<K: KvRows>(
-    item: &WorkItem,
-    q: &[f32],
-    key: &K,
-    value: &K,
-    host: &HostMetadata,
-    g: &Geometry,
-    scale: f32,
-) -> Partial {
-    run_item::<K, true>(item, q, key, value, host, g, scale)
-}
+x86_entry!(run_item_avx2, "avx2,fma");
+x86_entry!(run_item_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
 
 /// `AVX`: use the AVX2+FMA inner loops; only the x86 entry points (entered after detection) set it.
 #[inline(always)]

@@ -298,23 +298,33 @@ fn prefill_written_through_write_kv_equals_dense_causal_attention() -> Result<()
     )?;
     let out = paged_attention(&Tensor::from_slice(&q, (tokens, kv_heads * group, hd), &dev)?, &cache, &meta, 0.25)?;
     let got: Vec<f32> = out.flatten_all()?.to_vec1()?;
+    let want = dense_causal(&q, &k, &v, kv_heads, group, hd, 0.25);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((*g as f64 - w).abs() < 2e-5, "[{i}]: {g} vs {w}");
+    }
+    Ok(())
+}
+
+/// Dense causal attention in f64 over contiguous rows: q `[T, kv_heads·group, hd]`, k and v
+/// `[T, kv_heads, hd]`; token t attends tokens `0..=t`. Output `[T, kv_heads·group, hd]`.
+pub(super) fn dense_causal(q: &[f32], k: &[f32], v: &[f32], kv_heads: usize, group: usize, hd: usize, scale: f64) -> Vec<f64> {
+    let tokens = k.len() / (kv_heads * hd);
+    let mut out = Vec::with_capacity(q.len());
     for t in 0..tokens {
         for h in 0..kv_heads * group {
             let g = h / group;
             let qr = &q[(t * kv_heads * group + h) * hd..][..hd];
             let scores: Vec<f64> = (0..=t)
-                .map(|i| (0..hd).map(|d| qr[d] as f64 * k[(i * kv_heads + g) * hd + d] as f64).sum::<f64>() * 0.25)
+                .map(|i| (0..hd).map(|d| qr[d] as f64 * k[(i * kv_heads + g) * hd + d] as f64).sum::<f64>() * scale)
                 .collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
             for d in 0..hd {
-                let want: f64 = (0..=t).map(|i| (scores[i] - max).exp() / total * v[(i * kv_heads + g) * hd + d] as f64).sum();
-                let g_ = got[(t * kv_heads * group + h) * hd + d];
-                assert!((g_ as f64 - want).abs() < 2e-5, "t{t} h{h} d{d}: {g_} vs {want}");
+                out.push((0..=t).map(|i| (scores[i] - max).exp() / total * v[(i * kv_heads + g) * hd + d] as f64).sum());
             }
         }
     }
-    Ok(())
+    out
 }
 
 #[test]

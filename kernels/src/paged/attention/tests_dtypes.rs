@@ -3,7 +3,7 @@
 //! batch invariant, and for an f32 cache bit-exact with the kernel before KV dtypes existed.
 
 use super::cpu::{self, FloatRows, Level, QuantRows};
-use super::tests::{assert_matches_reference, random_case, reference, Case, Spec, MIXED};
+use super::tests::{assert_matches_reference, dense_causal, random_case, reference, Case, Spec, MIXED};
 use super::*;
 use candle_core::{DType, Device};
 
@@ -191,21 +191,9 @@ fn quantized_cache_written_by_write_kv_attends_like_dense_attention_on_dequantiz
             }).collect()
         };
         let (kq, vq) = (deq(&k), deq(&v));
-        for t in 0..tokens {
-            for h in 0..kv_heads * group {
-                let g = h / group;
-                let qr = &q[(t * kv_heads * group + h) * hd..][..hd];
-                let scores: Vec<f64> = (0..=t)
-                    .map(|i| (0..hd).map(|d| qr[d] as f64 * kq[(i * kv_heads + g) * hd + d] as f64).sum::<f64>() * 0.125)
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
-                for d in 0..hd {
-                    let want: f64 = (0..=t).map(|i| (scores[i] - max).exp() / total * vq[(i * kv_heads + g) * hd + d] as f64).sum();
-                    let got = out[(t * kv_heads * group + h) * hd + d] as f64;
-                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "{dtype} t{t} h{h} d{d}: {got} vs {want}");
-                }
-            }
+        let want = dense_causal(&q, &kq, &vq, kv_heads, group, hd, 0.125);
+        for (i, (&got, want)) in out.iter().zip(&want).enumerate() {
+            assert!((got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{dtype} [{i}]: {got} vs {want}");
         }
     }
     Ok(())
