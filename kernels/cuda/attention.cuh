@@ -155,6 +155,14 @@ __device__ void kv_attend_blocks(KvAttnSmem s, typename KvRow<C>::E* v_tile, int
     }
 }
 
+// One attention kernel instantiated at every compiled (block size, head dim); kernels/src/cuda/
+// plan.rs lists the same shapes (SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS).
+#define KV_ATTENTION_SHAPES(KERNEL, suffix, T, C) \
+    KERNEL(suffix, T, C, 16, 64)                  \
+    KERNEL(suffix, T, C, 16, 128)                 \
+    KERNEL(suffix, T, C, 32, 64)                  \
+    KERNEL(suffix, T, C, 32, 128)
+
 // Every (query dtype, cache element) pair the attention kernels are instantiated for: the query's
 // own float dtype, then int8 and fp8 caches read by each query dtype. `SHAPES(suffix, T, C)`
 // instantiates one pair at every compiled (block size, head dim); the suffix names the kernel.

@@ -70,11 +70,7 @@ __device__ void paged_decode_split(const T* __restrict__ q,
     }                                                                                            \
     KV_EXPORT(paged_decode_##suffix##_bs##BS##_d##D)
 
-#define KV_PAGED_DECODE_SHAPES(suffix, T, C) \
-    KV_PAGED_DECODE(suffix, T, C, 16, 64)    \
-    KV_PAGED_DECODE(suffix, T, C, 16, 128)   \
-    KV_PAGED_DECODE(suffix, T, C, 32, 64)    \
-    KV_PAGED_DECODE(suffix, T, C, 32, 128)
+#define KV_PAGED_DECODE_SHAPES(suffix, T, C) KV_ATTENTION_SHAPES(KV_PAGED_DECODE, suffix, T, C)
 
 KV_ATTENTION_DTYPES(KV_PAGED_DECODE_SHAPES)
 

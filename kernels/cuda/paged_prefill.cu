@@ -72,10 +72,6 @@ __device__ void paged_prefill_tile(T* out, const T* __restrict__ q,
     }                                                                                           \
     KV_EXPORT(paged_prefill_##suffix##_bs##BS##_d##D)
 
-#define KV_PAGED_PREFILL_SHAPES(suffix, T, C) \
-    KV_PAGED_PREFILL(suffix, T, C, 16, 64)    \
-    KV_PAGED_PREFILL(suffix, T, C, 16, 128)   \
-    KV_PAGED_PREFILL(suffix, T, C, 32, 64)    \
-    KV_PAGED_PREFILL(suffix, T, C, 32, 128)
+#define KV_PAGED_PREFILL_SHAPES(suffix, T, C) KV_ATTENTION_SHAPES(KV_PAGED_PREFILL, suffix, T, C)
 
 KV_ATTENTION_DTYPES(KV_PAGED_PREFILL_SHAPES)
