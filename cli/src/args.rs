@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use kvault_engine::engine::EngineConfig;
 use kvault_engine::sampler::SamplingParams;
 use kvault_engine::sizing::{parse_bytes, CacheBudget};
+use kvault_kernels::KvDtype;
 use kvault_models::model::{load_model, LoadOptions, LoadedModel};
 use kvault_models::source::ModelSource;
 use kvault_scheduler::PolicyKind;
@@ -107,6 +108,34 @@ pub struct EngineArgs {
     /// Disable prefix caching.
     #[arg(long)]
     pub no_prefix_caching: bool,
+    /// KV cache element type. `auto`: the model's compute dtype (f32 on CPU). int8 and fp8
+    /// (e4m3) keep one scale per token and KV head and are dequantized inside attention.
+    #[arg(long, value_enum, default_value_t = KvDtypeArg::Auto)]
+    pub kv_cache_dtype: KvDtypeArg,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvDtypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+    Int8,
+    Fp8,
+}
+
+impl KvDtypeArg {
+    /// `None` for `auto` (the engine resolves it from the model).
+    pub fn resolve(self) -> Option<KvDtype> {
+        match self {
+            KvDtypeArg::Auto => None,
+            KvDtypeArg::F32 => Some(KvDtype::F32),
+            KvDtypeArg::F16 => Some(KvDtype::F16),
+            KvDtypeArg::Bf16 => Some(KvDtype::Bf16),
+            KvDtypeArg::Int8 => Some(KvDtype::Int8),
+            KvDtypeArg::Fp8 => Some(KvDtype::Fp8),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -137,6 +166,7 @@ impl EngineArgs {
             enable_prefix_caching: !self.no_prefix_caching,
             max_queued_requests,
             offload: Default::default(),
+            kv_cache_dtype: self.kv_cache_dtype.resolve(),
         }
     }
 }

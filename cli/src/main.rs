@@ -33,7 +33,8 @@ enum Command {
     /// What KV policies cost in quality: perplexity and KL to the full cache, retrieval accuracy.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
-    /// Report what this build supports and what it finds on this machine (CPU, CUDA).
+    /// Report what this build supports and what it finds on this machine (CPU, CUDA), the KV
+    /// cache bytes per token of a model in each KV cache dtype, and the offload tier.
     Doctor(commands::doctor::DoctorArgs),
 }
 

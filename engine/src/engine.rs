@@ -13,6 +13,7 @@ use std::time::Instant;
 mod tier;
 
 use anyhow::{Context, Result};
+use kvault_kernels::KvDtype;
 use kvault_models::model::LoadedModel;
 use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, RequestView, Scheduler, StepDecision, StepInput};
 
@@ -43,6 +44,8 @@ pub struct EngineConfig {
     pub max_queued_requests: usize,
     /// RAM/disk tiers below the pool and the preemption mode (all off by default).
     pub offload: OffloadConfig,
+    /// KV cache element type; `None` (`auto`): the model's compute dtype.
+    pub kv_cache_dtype: Option<KvDtype>,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +60,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             max_queued_requests: 4096,
             offload: OffloadConfig::default(),
+            kv_cache_dtype: None,
         }
     }
 }
@@ -86,19 +90,23 @@ pub struct Engine {
 impl Engine {
     pub fn new(model: LoadedModel, config: EngineConfig, stats: Arc<EngineStats>) -> Result<Self> {
         let cfg = model.model.config().clone();
+        let kv_dtype = match config.kv_cache_dtype {
+            Some(d) => d,
+            None => KvDtype::from_float(model.model.dtype())?,
+        };
         let footprint = BlockFootprint {
             num_layers: cfg.num_layers,
             num_kv_heads: cfg.num_kv_heads,
             head_dim: cfg.head_dim,
             block_size: config.block_size,
-            dtype_bytes: model.model.dtype().size_in_bytes(),
+            kv_row_bytes: kv_dtype.row_bytes(cfg.head_dim),
             slot_meta_bytes: 8,
         };
         let (size, note) = size_cache(footprint, config.cache_budget, config.max_model_len, cfg.max_position_embeddings)?;
         if let Some(note) = note {
             tracing::info!("{note}");
         }
-        let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size)?;
+        let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size, kv_dtype)?;
         let kv = KvCacheManager::new(size.num_blocks, size.block_size, config.enable_prefix_caching)?;
         let layout = block_io::layout(runner.cache(), &format!("{:?}", model.model.dtype()).to_lowercase());
         let block_bytes = block_io::block_bytes(runner.cache()) as u64;
@@ -115,6 +123,8 @@ impl Engine {
             block_size: size.block_size,
             num_blocks: size.num_blocks,
             cache_bytes: size.bytes,
+            kv_cache_dtype: kv_dtype,
+            kv_bytes_per_token: footprint.bytes_per_token(),
             policy: config.policy,
             tokenizer: model.tokenizer.clone(),
             special_tokens: model.special_tokens.clone(),

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use kvault_kernels::KvDtype;
 use kvault_models::chat_template::ChatTemplate;
 use kvault_models::special_tokens::SpecialTokens;
 use kvault_models::tokenizer::Tokenizer;
@@ -23,6 +24,11 @@ pub struct EngineInfo {
     pub block_size: usize,
     pub num_blocks: usize,
     pub cache_bytes: u64,
+    /// The KV cache's element type (`auto` resolved).
+    pub kv_cache_dtype: KvDtype,
+    /// Cache bytes per token: K and V rows of every layer and KV head (scales included) plus
+    /// the per-slot policy metadata.
+    pub kv_bytes_per_token: u64,
     pub policy: PolicyKind,
     pub tokenizer: Arc<Tokenizer>,
     pub special_tokens: SpecialTokens,

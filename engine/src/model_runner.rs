@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use kvault_kernels::{copy_blocks, AttentionMetadata, BlockCopies, KvCacheShape, PagedKvCache};
+use kvault_kernels::{copy_blocks, AttentionMetadata, BlockCopies, KvCacheShape, KvDtype, PagedKvCache};
 use kvault_models::model::{AttentionObserver, CausalLm};
 
 /// One sequence's share of a batch.
@@ -46,10 +46,10 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    pub fn new(model: Arc<dyn CausalLm>, num_blocks: usize, block_size: usize) -> Result<Self> {
+    pub fn new(model: Arc<dyn CausalLm>, num_blocks: usize, block_size: usize, kv_dtype: KvDtype) -> Result<Self> {
         let cfg = model.config();
         let shape = KvCacheShape { num_blocks, num_kv_heads: cfg.num_kv_heads, block_size, head_dim: cfg.head_dim };
-        let cache = PagedKvCache::new(cfg.num_layers, shape, model.dtype(), model.device())
+        let cache = PagedKvCache::new(cfg.num_layers, shape, kv_dtype, model.device())
             .context("allocating the KV cache")?;
         Ok(Self { model, cache, block_size })
     }

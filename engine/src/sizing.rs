@@ -14,16 +14,23 @@ pub struct BlockFootprint {
     pub num_kv_heads: usize,
     pub head_dim: usize,
     pub block_size: usize,
-    /// Bytes of one K or V element.
-    pub dtype_bytes: usize,
+    /// Bytes of one K or V row (one token in one KV head of one layer): `head_dim` elements of
+    /// the KV cache dtype, plus the row's scale for int8/fp8.
+    pub kv_row_bytes: usize,
     /// Bytes of per-slot policy metadata per (layer, kv head, slot): position (i32) + score (f32).
     pub slot_meta_bytes: usize,
 }
 
 impl BlockFootprint {
     pub fn bytes_per_block(&self) -> u64 {
-        let per_slot = 2 * self.head_dim * self.dtype_bytes + self.slot_meta_bytes;
-        (self.num_layers * self.num_kv_heads * self.block_size * per_slot) as u64
+        self.bytes_per_token() * self.block_size as u64
+    }
+
+    /// Bytes one cached token costs across all layers and KV heads: K and V rows (scales
+    /// included) and the per-slot policy metadata.
+    pub fn bytes_per_token(&self) -> u64 {
+        let per_slot = 2 * self.kv_row_bytes + self.slot_meta_bytes;
+        (self.num_layers * self.num_kv_heads * per_slot) as u64
     }
 }
 
@@ -194,7 +201,19 @@ mod tests {
     use super::*;
 
     fn smollm() -> BlockFootprint {
-        BlockFootprint { num_layers: 30, num_kv_heads: 3, head_dim: 64, block_size: 16, dtype_bytes: 4, slot_meta_bytes: 8 }
+        BlockFootprint { num_layers: 30, num_kv_heads: 3, head_dim: 64, block_size: 16, kv_row_bytes: 64 * 4, slot_meta_bytes: 8 }
+    }
+
+    #[test]
+    fn int8_rows_with_their_scales_fit_about_3_6_times_the_f32_tokens() {
+        // int8: 64 codes + a 4-byte scale per row.
+        let int8 = BlockFootprint { kv_row_bytes: 64 + 4, ..smollm() };
+        assert_eq!(int8.bytes_per_token(), 30 * 3 * (2 * 68 + 8));
+        let budget = CacheBudget::Bytes(256 << 20);
+        let (f32_size, _) = size_cache(smollm(), budget, None, 8192).unwrap();
+        let (int8_size, _) = size_cache(int8, budget, None, 8192).unwrap();
+        assert_eq!(int8_size.num_blocks, (256u64 << 20) as usize / (30 * 3 * 16 * 144));
+        assert!(int8_size.num_blocks * 10 >= f32_size.num_blocks * 36 - 10);
     }
 
     #[test]

@@ -9,9 +9,15 @@
 // Must not know: how rows map to tokens and heads, splits, or where results go (the kernels'
 // prologue and epilogue decide; kernels/src/cuda/plan.rs sizes the shared memory with the same
 // formula as kv_attn_smem_bytes below).
+//
+// Cache element types: C is the cache's element (float, __half, __nv_bfloat16) or a quantized
+// format tag (KvInt8, KvFp8; kv_quant.cuh) whose rows are D codes plus the f32 scale. For those
+// the key scale multiplies the q.codes dot and the value scale is folded into the probability,
+// as the CPU kernel does.
 #pragma once
 
 #include "common.cuh"
+#include "kv_quant.cuh"
 
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
@@ -29,20 +35,23 @@ struct KvAttnSmem {
     int* limit;     // [rows] row attends cache positions < limit
 };
 
-__host__ __device__ __forceinline__ unsigned kv_attn_vtile_bytes(unsigned elem_bytes, unsigned bs,
-                                                                  unsigned d) {
-    return (bs * d * elem_bytes + 15u) / 16u * 16u;
+// `row_bytes`: one cache row, D elements (and a quantized row's 4-byte scale).
+__host__ __device__ __forceinline__ unsigned kv_attn_vtile_bytes(unsigned row_bytes, unsigned bs) {
+    return (bs * row_bytes + 15u) / 16u * 16u;
 }
 
-__host__ __device__ __forceinline__ unsigned kv_attn_smem_bytes(unsigned elem_bytes, unsigned bs,
+__host__ __device__ __forceinline__ unsigned kv_attn_smem_bytes(unsigned row_bytes, unsigned bs,
                                                                  unsigned d, unsigned rows) {
-    return kv_attn_vtile_bytes(elem_bytes, bs, d) + 4u * (2u * rows * d + rows * bs + 4u * rows);
+    return kv_attn_vtile_bytes(row_bytes, bs) + 4u * (2u * rows * d + rows * bs + 4u * rows);
 }
 
-template <typename T, int BS, int D>
-__device__ __forceinline__ KvAttnSmem kv_attn_carve(unsigned char* smem, int rows, T** v_tile) {
-    *v_tile = reinterpret_cast<T*>(smem);
-    float* f = reinterpret_cast<float*>(smem + kv_attn_vtile_bytes(sizeof(T), BS, D));
+template <typename C, int BS, int D>
+__device__ __forceinline__ KvAttnSmem kv_attn_carve(unsigned char* smem, int rows,
+                                                    typename KvRow<C>::E** v_tile) {
+    using E = typename KvRow<C>::E;
+    constexpr int ROW = D + KvRow<C>::PAD;
+    *v_tile = reinterpret_cast<E*>(smem);
+    float* f = reinterpret_cast<float*>(smem + kv_attn_vtile_bytes(ROW * sizeof(E), BS));
     KvAttnSmem s;
     s.q = f;
     s.acc = s.q + rows * D;
@@ -68,20 +77,23 @@ __device__ __forceinline__ void kv_attn_reset(KvAttnSmem s, int rows) {
 // Attends rows [0, rows) to cache blocks [blk_begin, blk_end) of one sequence's table, for one
 // KV head. Positions >= a row's limit are masked. Must be called by the whole CTA with the same
 // arguments (it contains barriers). blockDim.x must be a multiple of 32.
-template <typename T, int BS, int D>
-__device__ void kv_attend_blocks(KvAttnSmem s, T* v_tile, int rows, const T* __restrict__ k_cache,
-                                 const T* __restrict__ v_cache,
+template <typename C, int BS, int D>
+__device__ void kv_attend_blocks(KvAttnSmem s, typename KvRow<C>::E* v_tile, int rows,
+                                 const typename KvRow<C>::E* __restrict__ k_cache,
+                                 const typename KvRow<C>::E* __restrict__ v_cache,
                                  const unsigned* __restrict__ table, int kv_head, int num_kv_heads,
                                  int blk_begin, int blk_end, int max_limit) {
     static_assert(BS <= KV_WARP_SIZE, "one lane per token of a cache block in the softmax step");
     static_assert(D % KV_WARP_SIZE == 0, "head_dim must be a multiple of 32");
+    using Row = KvRow<C>;
     constexpr int PER_LANE = D / KV_WARP_SIZE;
+    constexpr int ROW = D + Row::PAD;  // elements per cache row
     const int lane = threadIdx.x % KV_WARP_SIZE;
     const int warp = threadIdx.x / KV_WARP_SIZE;
     const int num_warps = blockDim.x / KV_WARP_SIZE;
 
     for (int b = blk_begin; b < blk_end; ++b) {
-        const long long base = ((long long)table[b] * num_kv_heads + kv_head) * BS * D;
+        const long long base = ((long long)table[b] * num_kv_heads + kv_head) * BS * ROW;
         // Tokens of this block that any row may see; the rest are never read (they may hold
         // another sequence's leftovers).
         const int valid = min(BS, max_limit - b * BS);
@@ -91,16 +103,19 @@ __device__ void kv_attend_blocks(KvAttnSmem s, T* v_tile, int rows, const T* __r
             float k[PER_LANE];
 #pragma unroll
             for (int i = 0; i < PER_LANE; ++i)
-                k[i] = kv_to_float(k_cache[base + t * D + lane + i * KV_WARP_SIZE]);
+                k[i] = Row::get(k_cache[base + t * ROW + lane + i * KV_WARP_SIZE]);
+            float k_scale = 1.0f;
+            if constexpr (Row::QUANT) k_scale = kv_row_scale<D>(k_cache + base + t * ROW);
             for (int r = 0; r < rows; ++r) {
                 float dot = 0.0f;
 #pragma unroll
                 for (int i = 0; i < PER_LANE; ++i) dot += k[i] * s.q[r * D + lane + i * KV_WARP_SIZE];
                 dot = kv_warp_sum(dot);
+                if constexpr (Row::QUANT) dot *= k_scale;
                 if (lane == 0) s.p[r * BS + t] = b * BS + t < s.limit[r] ? dot : -INFINITY;
             }
         }
-        for (int i = threadIdx.x; i < valid * D; i += blockDim.x) v_tile[i] = v_cache[base + i];
+        for (int i = threadIdx.x; i < valid * ROW; i += blockDim.x) v_tile[i] = v_cache[base + i];
         __syncthreads();
 
         // Online softmax: warp w owns rows w, w + num_warps, ...; lane t holds token t.
@@ -128,10 +143,36 @@ __device__ void kv_attend_blocks(KvAttnSmem s, T* v_tile, int rows, const T* __r
             const int r = i / D;
             const int d = i % D;
             float a = s.acc[i] * s.alpha[r];
-            for (int t = 0; t < valid; ++t) a += s.p[r * BS + t] * kv_to_float(v_tile[t * D + d]);
+            for (int t = 0; t < valid; ++t) {
+                float p = s.p[r * BS + t];
+                if constexpr (Row::QUANT) p *= kv_row_scale<D>(v_tile + t * ROW);
+                a += p * Row::get(v_tile[t * ROW + d]);
+            }
             s.acc[i] = a;
         }
         // The next block overwrites p and the V tile.
         __syncthreads();
     }
 }
+
+// One attention kernel instantiated at every compiled (block size, head dim); kernels/src/cuda/
+// plan.rs lists the same shapes (SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_DIMS).
+#define KV_ATTENTION_SHAPES(KERNEL, suffix, T, C) \
+    KERNEL(suffix, T, C, 16, 64)                  \
+    KERNEL(suffix, T, C, 16, 128)                 \
+    KERNEL(suffix, T, C, 32, 64)                  \
+    KERNEL(suffix, T, C, 32, 128)
+
+// Every (query dtype, cache element) pair the attention kernels are instantiated for: the query's
+// own float dtype, then int8 and fp8 caches read by each query dtype. `SHAPES(suffix, T, C)`
+// instantiates one pair at every compiled (block size, head dim); the suffix names the kernel.
+#define KV_ATTENTION_DTYPES(SHAPES)                 \
+    SHAPES(f32, float, float)                       \
+    SHAPES(f16, __half, __half)                     \
+    SHAPES(bf16, __nv_bfloat16, __nv_bfloat16)      \
+    SHAPES(f32_int8, float, KvInt8)                 \
+    SHAPES(f16_int8, __half, KvInt8)                \
+    SHAPES(bf16_int8, __nv_bfloat16, KvInt8)        \
+    SHAPES(f32_fp8, float, KvFp8)                   \
+    SHAPES(f16_fp8, __half, KvFp8)                  \
+    SHAPES(bf16_fp8, __nv_bfloat16, KvFp8)

@@ -3,7 +3,7 @@
 // (sequence, kv head, split) computes a partial softmax for the KV head's G query heads, and a
 // merge kernel combines the partials by log-sum-exp.
 //
-// q [T = S, H, D]; caches [num_blocks, KVH, BS, D]; block_tables U32 [S, max_blocks];
+// q [T = S, H, D]; caches [num_blocks, KVH, BS, D] (int8/fp8: [.., D + 4] bytes, codes + scale); block_tables U32 [S, max_blocks];
 // context_lens U32 [S]; cu_seqlens_q U32 [S+1] (q_len must be 1 for every sequence: the launcher
 // uses paged_prefill otherwise). Partials: part_out F32 [S, H, splits, D], part_m / part_l F32
 // [S, H, splits]. Split z covers blocks [z * blocks_per_split, (z+1) * blocks_per_split) clipped
@@ -11,9 +11,10 @@
 // weigh nothing in the merge.
 #include "attention.cuh"
 
-template <typename T, int BS, int D>
-__device__ void paged_decode_split(const T* __restrict__ q, const T* __restrict__ k_cache,
-                                   const T* __restrict__ v_cache,
+template <typename T, typename C, int BS, int D>
+__device__ void paged_decode_split(const T* __restrict__ q,
+                                   const typename KvRow<C>::E* __restrict__ k_cache,
+                                   const typename KvRow<C>::E* __restrict__ v_cache,
                                    const unsigned* __restrict__ block_tables,
                                    const unsigned* __restrict__ context_lens,
                                    const unsigned* __restrict__ cu_seqlens_q, float* part_out,
@@ -30,14 +31,14 @@ __device__ void paged_decode_split(const T* __restrict__ q, const T* __restrict_
     const int blk_begin = split * blocks_per_split;
     const int blk_end = min(blk_begin + blocks_per_split, (int)kv_ceil_div(context, BS));
 
-    T* v_tile;
-    KvAttnSmem s = kv_attn_carve<T, BS, D>(smem, group, &v_tile);
+    typename KvRow<C>::E* v_tile;
+    KvAttnSmem s = kv_attn_carve<C, BS, D>(smem, group, &v_tile);
     for (int i = threadIdx.x; i < group * D; i += blockDim.x)
         s.q[i] = kv_to_float(q[((long long)token * num_heads + kv_head * group) * D + i]) * scale;
     for (int r = threadIdx.x; r < group; r += blockDim.x) s.limit[r] = context;
     kv_attn_reset<D>(s, group);
 
-    kv_attend_blocks<T, BS, D>(s, v_tile, group, k_cache, v_cache,
+    kv_attend_blocks<C, BS, D>(s, v_tile, group, k_cache, v_cache,
                                block_tables + (long long)seq * max_blocks_per_seq, kv_head,
                                num_kv_heads, blk_begin, blk_end, context);
 
@@ -54,28 +55,24 @@ __device__ void paged_decode_split(const T* __restrict__ q, const T* __restrict_
     }
 }
 
-#define KV_PAGED_DECODE(suffix, T, BS, D)                                                        \
+// `suffix` names q's dtype, then the cache format when it differs (f16_int8: f16 q, int8 cache).
+#define KV_PAGED_DECODE(suffix, T, C, BS, D)                                                     \
     extern "C" __global__ void __launch_bounds__(128)                                           \
         paged_decode_##suffix##_bs##BS##_d##D(                                                   \
-            const T* q, const T* k_cache, const T* v_cache, const unsigned* block_tables,        \
+            const T* q, const typename KvRow<C>::E* k_cache, const typename KvRow<C>::E* v_cache, \
+            const unsigned* block_tables,                                                        \
             const unsigned* context_lens, const unsigned* cu_seqlens_q, float* part_out,         \
             float* part_m, float* part_l, int num_heads, int num_kv_heads,                       \
             int max_blocks_per_seq, int blocks_per_split, float scale) {                         \
-        paged_decode_split<T, BS, D>(q, k_cache, v_cache, block_tables, context_lens,            \
+        paged_decode_split<T, C, BS, D>(q, k_cache, v_cache, block_tables, context_lens,         \
                                      cu_seqlens_q, part_out, part_m, part_l, num_heads,          \
                                      num_kv_heads, max_blocks_per_seq, blocks_per_split, scale); \
     }                                                                                            \
     KV_EXPORT(paged_decode_##suffix##_bs##BS##_d##D)
 
-#define KV_PAGED_DECODE_SHAPES(suffix, T) \
-    KV_PAGED_DECODE(suffix, T, 16, 64)    \
-    KV_PAGED_DECODE(suffix, T, 16, 128)   \
-    KV_PAGED_DECODE(suffix, T, 32, 64)    \
-    KV_PAGED_DECODE(suffix, T, 32, 128)
+#define KV_PAGED_DECODE_SHAPES(suffix, T, C) KV_ATTENTION_SHAPES(KV_PAGED_DECODE, suffix, T, C)
 
-KV_PAGED_DECODE_SHAPES(f32, float)
-KV_PAGED_DECODE_SHAPES(f16, __half)
-KV_PAGED_DECODE_SHAPES(bf16, __nv_bfloat16)
+KV_ATTENTION_DTYPES(KV_PAGED_DECODE_SHAPES)
 
 // One CTA per (sequence, head); threads over the head dim. out [S, H, D] in the query dtype.
 template <typename T>

@@ -1,7 +1,8 @@
 // move_slots and copy_blocks: in-place rewrites of one layer's cache for the KV policies, the CUDA
 // twins of kernels/src/paged/slot_moves.rs (same contract; the host validated every index).
 //
-// A cache tensor is K or V [num_blocks, heads, block_size, row = head_dim] in f32/f16/bf16, or
+// A cache tensor is K or V [num_blocks, heads, block_size, row = head_dim] in f32/f16/bf16 (int8
+// and fp8 caches: row = head_dim + 4 bytes, codes then scale, moved as bytes: `u8`), or
 // slot_pos (i32) / slot_score (f32) [num_blocks, heads, block_size] (row = 1). Slot s of a head
 // lives at block s / block_size, offset s % block_size.
 //
@@ -23,6 +24,10 @@ __device__ __forceinline__ T kv_cleared(float c) {
 template <>
 __device__ __forceinline__ int kv_cleared<int>(float c) {
     return (int)c;
+}
+template <>
+__device__ __forceinline__ unsigned char kv_cleared<unsigned char>(float c) {
+    return (unsigned char)c;  // never used: quantized K/V rows are moved without clearing
 }
 
 template <typename T>
@@ -57,6 +62,7 @@ KV_MOVE_SLOTS(f32, float)
 KV_MOVE_SLOTS(f16, __half)
 KV_MOVE_SLOTS(bf16, __nv_bfloat16)
 KV_MOVE_SLOTS(i32, int)
+KV_MOVE_SLOTS(u8, unsigned char)
 
 template <typename T>
 __device__ void copy_blocks_all(T* data, const unsigned* __restrict__ pairs, long long block_elems) {
@@ -78,3 +84,4 @@ KV_COPY_BLOCKS(f32, float)
 KV_COPY_BLOCKS(f16, __half)
 KV_COPY_BLOCKS(bf16, __nv_bfloat16)
 KV_COPY_BLOCKS(i32, int)
+KV_COPY_BLOCKS(u8, unsigned char)

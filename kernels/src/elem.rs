@@ -55,6 +55,8 @@ macro_rules! elem {
 elem!(f32, F32);
 elem!(f16, F16);
 elem!(bf16, BF16);
+elem!(u8, U8);
+elem!(float8::F8E4M3, F8E4M3);
 elem!(u32, U32);
 elem!(i32, I32);
 elem!(i64, I64);
@@ -152,6 +154,36 @@ pub(crate) fn contiguous_mut<'a, T: Elem>(
         Some(slice) => Ok(slice),
         None => bail!("{op}: {what} layout {start}..{end} exceeds its storage ({len})"),
     }
+}
+
+/// The bytes of a quantized cache tensor: int8 rows in U8 storage or fp8 rows in F8E4M3 storage
+/// (see `paged::kv_dtype`), contiguous.
+pub(crate) fn cache_bytes<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<&'a [u8]> {
+    match storage {
+        CpuStorage::F8E4M3(_) => {
+            let codes = contiguous::<float8::F8E4M3>(storage, layout, op, what)?;
+            // SAFETY: F8E4M3 is `#[repr(transparent)]` over u8, so the slice is the same bytes.
+            Ok(unsafe { std::slice::from_raw_parts(codes.as_ptr().cast::<u8>(), codes.len()) })
+        }
+        _ => contiguous::<u8>(storage, layout, op, what),
+    }
+}
+
+/// Mutable twin of [`cache_bytes`].
+pub(crate) fn cache_bytes_mut<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str, what: &str) -> Result<&'a mut [u8]> {
+    match storage {
+        CpuStorage::F8E4M3(_) => {
+            let codes = contiguous_mut::<float8::F8E4M3>(storage, layout, op, what)?;
+            // SAFETY: F8E4M3 is `#[repr(transparent)]` over u8, so the slice is the same bytes.
+            Ok(unsafe { std::slice::from_raw_parts_mut(codes.as_mut_ptr().cast::<u8>(), codes.len()) })
+        }
+        _ => contiguous_mut::<u8>(storage, layout, op, what),
+    }
+}
+
+/// Whether a cache tensor holds quantized rows (codes + scale bytes) rather than floats.
+pub(crate) fn is_quantized_storage(storage: &CpuStorage) -> bool {
+    matches!(storage, CpuStorage::U8(_) | CpuStorage::F8E4M3(_))
 }
 
 /// Runs `$body` with `$t` bound to the Rust type of a float storage (f32, f16 or bf16), or

@@ -20,8 +20,8 @@ pub mod rope;
 pub mod silu_mul;
 
 pub use paged::{
-    attention_mass, copy_blocks, move_slots, paged_attention, write_kv, AttentionMetadata, BlockCopies, HostMetadata,
-    KvCacheShape, LayerKvCache, MassVoter, PagedKvCache, SlotMoves,
+    attention_mass, cpu_attention_level, copy_blocks, move_slots, paged_attention, write_kv, AttentionMetadata, BlockCopies, HostMetadata,
+    KvCacheShape, KvDtype, LayerKvCache, MassVoter, PagedKvCache, SlotMoves,
 };
 pub use matmul::{matmul_bt, QuantizedMatrix};
 pub use rms_norm::rms_norm;

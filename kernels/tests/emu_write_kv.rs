@@ -12,7 +12,7 @@ use kvault_kernels::write_kv;
 use kvault_kernels_emu::plan::{write_kv_positions_plan, write_kv_rows_plan};
 use kvault_kernels_emu::{launch_checked, Arg, LaunchStats};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 #[test]
 fn write_kv_kernels_leave_the_cache_exactly_as_the_cpu_op() -> Result<()> {
@@ -24,24 +24,8 @@ fn write_kv_kernels_leave_the_cache_exactly_as_the_cpu_op() -> Result<()> {
         for (num_kv_heads, head_dim, block_size) in [(1, 64, 16), (2, 128, 32), (3, 64, 16), (8, 16, 8)] {
             let case = AttnCase { dtype, block_size, head_dim, num_kv_heads, group: 1, seqs: vec![(9, 9), (1, 20), (4, 37)] };
             let mut inp = build_attention(&case, &mut rng)?;
-            // Skip some writes: the metadata must then carry -1, and the slot must stay untouched.
-            let mut slots = inp.meta.host.slot_mapping.clone();
-            for s in slots.iter_mut() {
-                if rng.random_bool(0.25) {
-                    *s = -1;
-                }
-            }
-            let host = &inp.meta.host;
-            let tables = (0..inp.meta.num_seqs).map(|s| host.block_table(s).to_vec()).collect();
-            inp.meta = kvault_kernels::AttentionMetadata::new(
-                slots,
-                host.positions.clone(),
-                tables,
-                case.seqs.iter().map(|s| s.0).collect(),
-                case.seqs.iter().map(|s| s.1).collect(),
-                block_size,
-                &candle_core::Device::Cpu,
-            )?;
+            // Skip some writes: those slots must keep their old bytes.
+            skip_some_writes(&mut inp, &mut rng)?;
             let t = inp.meta.num_tokens;
             let k = random_tensor(&mut rng, &[t, num_kv_heads, head_dim], 3.0, dtype)?;
             let v = random_tensor(&mut rng, &[t, num_kv_heads, head_dim], 3.0, dtype)?;

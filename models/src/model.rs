@@ -78,7 +78,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// Everything needed to serve a model.
+/// Everything needed to serve a model (clones share the weights).
+#[derive(Clone)]
 pub struct LoadedModel {
     pub model: Arc<dyn CausalLm>,
     pub tokenizer: Arc<Tokenizer>,

@@ -5,8 +5,8 @@
 //! step the cache must hold exactly the kept tokens in slots `[0, held)`: what attention sees
 //! equals a naive attention over the kept tokens.
 
-use candle_core::{DType, Device, Tensor};
-use kvault_kernels::{paged_attention, write_kv, AttentionMetadata, KvCacheShape, LayerKvCache, PagedKvCache};
+use candle_core::{Device, Tensor};
+use kvault_kernels::{paged_attention, write_kv, AttentionMetadata, KvCacheShape, KvDtype, LayerKvCache, PagedKvCache};
 use kvault_models::model::{AttentionObserver, LayerAttention};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -60,7 +60,7 @@ fn naive(q: &[f32], kv: &[(&Vec<f32>, &Vec<f32>)]) -> Vec<f32> {
 fn run(policy: KvPolicy) -> Vec<Vec<u32>> {
     let data = synthetic();
     let shape = KvCacheShape { num_blocks: 4, num_kv_heads: 1, block_size: BS, head_dim: HD };
-    let cache = PagedKvCache::new(1, shape, DType::F32, &Device::Cpu).unwrap();
+    let cache = PagedKvCache::new(1, shape, KvDtype::F32, &Device::Cpu).unwrap();
     let layer: &LayerKvCache = &cache.layers[0];
     let table: Vec<u32> = vec![2, 0, 3, 1];
     let rule = rule_for(&policy).unwrap();

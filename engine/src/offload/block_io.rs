@@ -59,29 +59,32 @@ pub fn copy_in(cache: &PagedKvCache, blocks: &[(u32, &[u8])]) -> Result<()> {
 mod tests {
     use super::*;
     use candle_core::{DType, Device, Tensor};
-    use kvault_kernels::KvCacheShape;
+    use kvault_kernels::{KvCacheShape, KvDtype};
 
     #[test]
     fn a_block_copied_out_and_in_lands_bit_for_bit_in_every_tensor() -> Result<()> {
-        let shape = KvCacheShape { num_blocks: 4, num_kv_heads: 2, block_size: 3, head_dim: 5 };
-        let cache = PagedKvCache::new(2, shape, DType::BF16, &Device::Cpu)?;
-        for (i, layer) in cache.layers.iter().enumerate() {
-            let kv = Tensor::rand(0f32, 1.0, shape.kv_dims().as_slice(), &Device::Cpu)?.to_dtype(DType::BF16)?;
-            layer.key.slice_set(&kv, 0, 0)?;
-            let pos = Tensor::full(i as i32 + 7, shape.slot_dims().as_slice(), &Device::Cpu)?;
-            layer.slot_pos.slice_set(&pos, 0, 0)?;
-        }
-        let out = copy_out(&cache, &[1])?;
-        assert_eq!(out[0].len(), block_bytes(&cache));
-        copy_in(&cache, &[(3, &out[0])])?;
-        for layer in &cache.layers {
-            for t in layer.tensors() {
-                let a = t.get(1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let b = t.get(3)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                assert_eq!(a, b);
+        // bf16 rows, and int8 rows (codes followed by their scale in one u8 row).
+        for kv_dtype in [KvDtype::Bf16, KvDtype::Int8] {
+            let shape = KvCacheShape { num_blocks: 4, num_kv_heads: 2, block_size: 3, head_dim: 5 };
+            let cache = PagedKvCache::new(2, shape, kv_dtype, &Device::Cpu)?;
+            for (i, layer) in cache.layers.iter().enumerate() {
+                let kv = (Tensor::rand(0f32, 1.0, layer.key.dims(), &Device::Cpu)? * 200.0)?.to_dtype(layer.key.dtype())?;
+                layer.key.slice_set(&kv, 0, 0)?;
+                let pos = Tensor::full(i as i32 + 7, shape.slot_dims().as_slice(), &Device::Cpu)?;
+                layer.slot_pos.slice_set(&pos, 0, 0)?;
             }
+            let out = copy_out(&cache, &[1])?;
+            assert_eq!(out[0].len(), block_bytes(&cache));
+            copy_in(&cache, &[(3, &out[0])])?;
+            for layer in &cache.layers {
+                for t in layer.tensors() {
+                    let a = t.get(1)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    let b = t.get(3)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    assert_eq!(a, b, "{kv_dtype}");
+                }
+            }
+            assert!(copy_in(&cache, &[(0, &out[0][1..])]).is_err());
         }
-        assert!(copy_in(&cache, &[(0, &out[0][1..])]).is_err());
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use candle_core::cuda_backend::cudarc::driver::PushKernelArg;
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
 
-use super::ops::{as_i32, cuda_of, function, kernel_dtype, launch, metadata_storage, plan_err, start_offset};
+use super::ops::{as_i32, cache_format, cuda_of, function, kernel_dtype, launch, metadata_storage, plan_err, start_offset};
 use super::plan::{self, AttentionShape, CacheElem};
 use crate::AttentionMetadata;
 
@@ -52,11 +52,10 @@ pub fn attention_mass(
     if pair != 2 || voters.dtype() != DType::U32 {
         bail!("{OP} (cuda): voters must be U32 [n, 2], got {:?} {:?}", voters.dtype(), voters_l.dims())
     }
-    if k.dtype() != q.dtype() {
-        bail!("{OP} (cuda): q and the key cache must share a dtype, got {:?}/{:?}", q.dtype(), k.dtype())
-    }
     let shape = AttentionShape {
         dtype: kernel_dtype(q.dtype(), OP)?,
+        // An int8/fp8 cache gets the plan's one-line refusal (no quantized kernel yet).
+        cache: cache_format(q.dtype(), k.dtype(), OP)?,
         num_seqs: meta.num_seqs,
         num_heads,
         num_kv_heads,
@@ -106,6 +105,8 @@ fn cache_geometry(dst: &CudaStorage, l: &Layout, op: &str) -> Result<(usize, usi
     };
     let elem = match dst.dtype() {
         DType::I32 => CacheElem::I32,
+        // int8/fp8 K/V rows (codes + scale) move as bytes.
+        DType::U8 | DType::F8E4M3 => CacheElem::Bytes,
         other => CacheElem::Float(kernel_dtype(other, op)?),
     };
     Ok((heads, block_size, row, elem))
@@ -131,7 +132,7 @@ pub fn move_slots(dst: &mut CudaStorage, dst_l: &Layout, moves: &CudaStorage, mo
     let func = function(&dev, "slot_moves", &cfg)?;
     let (n, h, bs, r) = (as_i32(num_moves, "moves")?, as_i32(heads, "heads")?, as_i32(block_size, "block_size")?, as_i32(row, "row")?);
     let (has_clear, clear) = (i32::from(clear.is_some()), clear.unwrap_or(0.0));
-    with_slice!(&mut dst.slice, OP, [F32 => f32, F16 => half::f16, BF16 => half::bf16, I32 => i32], |s: T| {
+    with_slice!(&mut dst.slice, OP, [F32 => f32, F16 => half::f16, BF16 => half::bf16, I32 => i32, U8 => u8, F8E4M3 => float8::F8E4M3], |s: T| {
         let mut d = s.slice_mut(dst_off..);
         let mut args = stream.launch_builder(&func);
         args.arg(&mut d).arg(&mv).arg(&n).arg(&h).arg(&bs).arg(&r).arg(&has_clear).arg(&clear);
@@ -158,7 +159,7 @@ pub fn copy_blocks(dst: &mut CudaStorage, dst_l: &Layout, pairs: &CudaStorage, p
     let stream = dev.cuda_stream();
     let func = function(&dev, "slot_moves", &cfg)?;
     let len = block_elems as i64;
-    with_slice!(&mut dst.slice, OP, [F32 => f32, F16 => half::f16, BF16 => half::bf16, I32 => i32], |s: T| {
+    with_slice!(&mut dst.slice, OP, [F32 => f32, F16 => half::f16, BF16 => half::bf16, I32 => i32, U8 => u8, F8E4M3 => float8::F8E4M3], |s: T| {
         let mut d = s.slice_mut(dst_off..);
         let mut args = stream.launch_builder(&func);
         args.arg(&mut d).arg(&ps).arg(&len);

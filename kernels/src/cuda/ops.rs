@@ -7,11 +7,11 @@
 //! the public op wrappers already make them so.
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{CudaFunction, LaunchArgs, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, PushKernelArg};
 use candle_core::cuda_backend::{cudarc, CudaDevice, CudaStorageSlice, WrapErr};
 use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Storage, StorageRef, Tensor};
 
-use super::plan::{self, AttentionShape, KernelDtype, LaunchConfig};
+use super::plan::{self, AttentionShape, CacheFormat, KernelDtype, LaunchConfig};
 use super::ptx;
 use crate::AttentionMetadata;
 
@@ -35,6 +35,17 @@ pub(super) fn kernel_dtype(dtype: DType, op: &str) -> Result<KernelDtype> {
         DType::BF16 => KernelDtype::Bf16,
         other => bail!("{op} (cuda): no kernel for {other:?}"),
     })
+}
+
+/// The format of a K/V cache storage read with queries of dtype `q`: the same float dtype, or
+/// int8 (U8 storage) / fp8 (F8E4M3 storage) rows of codes and scale.
+pub(super) fn cache_format(q: DType, cache: DType, op: &str) -> Result<CacheFormat> {
+    match cache {
+        DType::U8 => Ok(CacheFormat::Int8),
+        DType::F8E4M3 => Ok(CacheFormat::Fp8),
+        c if c == q => Ok(CacheFormat::Float),
+        c => bail!("{op} (cuda): a {c:?} KV cache is read with {c:?} queries, got {q:?}"),
+    }
 }
 
 pub(super) fn as_i32(v: usize, what: &str) -> Result<i32> {
@@ -114,6 +125,9 @@ pub fn write_kv_rows(
     if dims.len() != 4 {
         bail!("{OP} (cuda): cache must be rank 4, got {dims:?}")
     }
+    if matches!(dst.dtype(), DType::U8 | DType::F8E4M3) {
+        return write_kv_quantized(dst, dst_l, &dims, src, src_l, slots, slots_l);
+    }
     if src.dtype() != dst.dtype() {
         bail!("{OP} (cuda): rows are {:?} but the cache is {:?}", src.dtype(), dst.dtype())
     }
@@ -135,6 +149,52 @@ pub fn write_kv_rows(
         args.arg(&mut d).arg(&s).arg(&slots).arg(&heads).arg(&block_size).arg(&row);
         launch(args, &cfg)
     })
+}
+
+/// write_kv into an int8/fp8 cache: f32 rows in, each (token, head) row quantized with its own
+/// scale by kernels/cuda/write_kv.cu (the CPU op's bytes exactly, see kv_quant.cuh).
+fn write_kv_quantized(
+    dst: &mut CudaStorage,
+    dst_l: &Layout,
+    dims: &[usize],
+    src: &CudaStorage,
+    src_l: &Layout,
+    slots: &CudaStorage,
+    slots_l: &Layout,
+) -> Result<()> {
+    const OP: &str = "write_kv";
+    if src.dtype() != DType::F32 {
+        bail!("{OP} (cuda): rows for a quantized cache must be f32, got {:?}", src.dtype())
+    }
+    let Some(head_dim) = dims[3].checked_sub(4).filter(|d| *d > 0) else {
+        bail!("{OP} (cuda): a quantized cache row of {} bytes holds no codes", dims[3])
+    };
+    let num_tokens = slots_l.shape().elem_count();
+    if src_l.shape().elem_count() != num_tokens * dims[1] * head_dim {
+        bail!("{OP} (cuda): source shape {:?} does not match {num_tokens} tokens", src_l.dims())
+    }
+    let format = if dst.dtype() == DType::U8 { CacheFormat::Int8 } else { CacheFormat::Fp8 };
+    let cfg = plan::write_kv_quant_plan(format, num_tokens).map_err(plan_err)?;
+    let (dst_off, src_off) = (start_offset(dst_l, OP, "cache")?, start_offset(src_l, OP, "rows")?);
+    let s = src.as_cuda_slice::<f32>()?.slice(src_off..);
+    let slots = slots.as_cuda_slice::<i64>()?.slice(start_offset(slots_l, OP, "slot_mapping")?..);
+    let dev = dst.device.clone();
+    let stream = dev.cuda_stream();
+    let func = function(&dev, "write_kv", &cfg)?;
+    let (heads, block_size, d) = (as_i32(dims[1], "heads")?, as_i32(dims[2], "block_size")?, as_i32(head_dim, "head_dim")?);
+    macro_rules! go {
+        ($slice:expr) => {{
+            let mut out = $slice.slice_mut(dst_off..);
+            let mut args = stream.launch_builder(&func);
+            args.arg(&mut out).arg(&s).arg(&slots).arg(&heads).arg(&block_size).arg(&d);
+            launch(args, &cfg)
+        }};
+    }
+    match &mut dst.slice {
+        CudaStorageSlice::U8(c) => go!(c),
+        CudaStorageSlice::F8E4M3(c) => go!(c),
+        _ => bail!("{OP} (cuda): not a quantized cache"),
+    }
 }
 
 /// cuda_fwd of write_kv's position scatter (InplaceOp3: slot_pos, positions, slot_mapping).
@@ -182,11 +242,12 @@ pub fn paged_attention(
     const OP: &str = "paged_attention";
     let (num_tokens, num_heads, head_dim) = q_l.shape().dims3()?;
     let (_, num_kv_heads, block_size, _) = k_l.shape().dims4()?;
-    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
-        bail!("{OP} (cuda): q, key and value caches must share a dtype, got {:?}/{:?}/{:?}", q.dtype(), k.dtype(), v.dtype())
+    if k.dtype() != v.dtype() {
+        bail!("{OP} (cuda): key cache {:?} and value cache {:?} differ", k.dtype(), v.dtype())
     }
     let shape = AttentionShape {
         dtype: kernel_dtype(q.dtype(), OP)?,
+        cache: cache_format(q.dtype(), k.dtype(), OP)?,
         num_seqs: meta.num_seqs,
         num_heads,
         num_kv_heads,
@@ -198,56 +259,91 @@ pub fn paged_attention(
     let (bt_guard, bt_off) = metadata_storage(&meta.block_tables, OP, "block_tables")?;
     let (ctx_guard, ctx_off) = metadata_storage(&meta.context_lens, OP, "context_lens")?;
     let (cu_guard, cu_off) = metadata_storage(&meta.cu_seqlens_q, OP, "cu_seqlens_q")?;
-    let bt = cuda_of(&bt_guard)?.as_cuda_slice::<u32>()?.slice(bt_off..);
-    let ctx = cuda_of(&ctx_guard)?.as_cuda_slice::<u32>()?.slice(ctx_off..);
-    let cu = cuda_of(&cu_guard)?.as_cuda_slice::<u32>()?.slice(cu_off..);
     let dev = q.device.clone();
-    let stream = dev.cuda_stream();
-    let (h, kvh) = (as_i32(num_heads, "num_heads")?, as_i32(num_kv_heads, "num_kv_heads")?);
-    let max_blocks = as_i32(meta.host.max_blocks_per_seq, "max_blocks_per_seq")?;
-    let n = num_tokens * num_heads * head_dim;
-
+    let attn = AttnLaunch {
+        meta,
+        shape,
+        softmax_scale,
+        dev: &dev,
+        stream: dev.cuda_stream(),
+        bt: cuda_of(&bt_guard)?.as_cuda_slice::<u32>()?.slice(bt_off..),
+        ctx: cuda_of(&ctx_guard)?.as_cuda_slice::<u32>()?.slice(ctx_off..),
+        cu: cuda_of(&cu_guard)?.as_cuda_slice::<u32>()?.slice(cu_off..),
+        out_len: num_tokens * num_heads * head_dim,
+    };
     let out = with_float_slice!(&q.slice, OP, |qs: T| {
         let qv = qs.slice(q_off..);
-        let kv = k.as_cuda_slice::<T>()?.slice(k_off..);
-        let vv = v.as_cuda_slice::<T>()?.slice(v_off..);
-        // SAFETY: every element is written by the merge or prefill kernel before it is read.
-        let mut out = unsafe { dev.alloc::<T>(n)? };
-        if meta.max_query_len == 1 {
-            let sm_count = dev
-                .cuda_stream()
-                .context()
-                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .w()?;
-            let p = plan::decode_plan(&shape, meta.max_context_len, None, sm_count.max(1) as usize).map_err(plan_err)?;
-            let rows = meta.num_seqs * num_heads * p.num_splits as usize;
-            let mut part_out = dev.alloc_zeros::<f32>(rows * head_dim)?;
-            let mut part_m = dev.alloc_zeros::<f32>(rows)?;
-            let mut part_l = dev.alloc_zeros::<f32>(rows)?;
-            let bps = p.blocks_per_split as i32;
-            let split = function(&dev, "paged_decode", &p.split)?;
-            let mut args = stream.launch_builder(&split);
-            args.arg(&qv).arg(&kv).arg(&vv).arg(&bt).arg(&ctx).arg(&cu);
-            args.arg(&mut part_out).arg(&mut part_m).arg(&mut part_l);
-            args.arg(&h).arg(&kvh).arg(&max_blocks).arg(&bps).arg(&softmax_scale);
-            launch(args, &p.split)?;
-            let (d, splits) = (as_i32(head_dim, "head_dim")?, p.num_splits as i32);
-            let merge = function(&dev, "paged_decode", &p.merge)?;
-            let mut args = stream.launch_builder(&merge);
-            args.arg(&mut out).arg(&part_out).arg(&part_m).arg(&part_l).arg(&cu).arg(&h).arg(&d).arg(&splits);
-            launch(args, &p.merge)?;
-        } else {
-            let p = plan::prefill_plan(&shape, meta.max_query_len).map_err(plan_err)?;
-            let tile = p.tile_tokens as i32;
-            let func = function(&dev, "paged_prefill", &p.attn)?;
-            let mut args = stream.launch_builder(&func);
-            args.arg(&mut out).arg(&qv).arg(&kv).arg(&vv).arg(&bt).arg(&ctx).arg(&cu);
-            args.arg(&h).arg(&kvh).arg(&max_blocks).arg(&tile).arg(&softmax_scale);
-            launch(args, &p.attn)?;
-        }
+        let out = match shape.cache {
+            CacheFormat::Float => attn.run(&qv, &k.as_cuda_slice::<T>()?.slice(k_off..), &v.as_cuda_slice::<T>()?.slice(v_off..))?,
+            CacheFormat::Int8 => attn.run(&qv, &k.as_cuda_slice::<u8>()?.slice(k_off..), &v.as_cuda_slice::<u8>()?.slice(v_off..))?,
+            CacheFormat::Fp8 => attn.run(
+                &qv,
+                &k.as_cuda_slice::<float8::F8E4M3>()?.slice(k_off..),
+                &v.as_cuda_slice::<float8::F8E4M3>()?.slice(v_off..),
+            )?,
+        };
         CudaStorage::wrap_cuda_slice(out, dev.clone())
     });
     Ok((out, q_l.shape().clone()))
+}
+
+/// One paged_attention launch: everything but the query and cache slices, whose element types
+/// vary (query dtype × cache format).
+struct AttnLaunch<'a> {
+    meta: &'a AttentionMetadata,
+    shape: AttentionShape,
+    softmax_scale: f32,
+    dev: &'a CudaDevice,
+    stream: std::sync::Arc<CudaStream>,
+    bt: CudaView<'a, u32>,
+    ctx: CudaView<'a, u32>,
+    cu: CudaView<'a, u32>,
+    out_len: usize,
+}
+
+impl AttnLaunch<'_> {
+    /// Decode batches (every q_len = 1) take the flash-decoding split + merge path, anything else
+    /// the varlen prefill kernel. Returns the output `[T, H, D]` in the query's dtype.
+    fn run<T: DeviceRepr, C>(&self, qv: &CudaView<T>, kv: &CudaView<C>, vv: &CudaView<C>) -> Result<CudaSlice<T>> {
+        let (meta, shape, dev, stream) = (self.meta, &self.shape, self.dev, &self.stream);
+        let (bt, ctx, cu, softmax_scale) = (&self.bt, &self.ctx, &self.cu, self.softmax_scale);
+        let (h, kvh) = (as_i32(shape.num_heads, "num_heads")?, as_i32(shape.num_kv_heads, "num_kv_heads")?);
+        let max_blocks = as_i32(meta.host.max_blocks_per_seq, "max_blocks_per_seq")?;
+        // SAFETY: every element is written by the merge or prefill kernel before it is read.
+        let mut out = unsafe { dev.alloc::<T>(self.out_len)? };
+        if meta.max_query_len == 1 {
+            let sm_count = stream
+                .context()
+                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                .w()?;
+            let p = plan::decode_plan(shape, meta.max_context_len, None, sm_count.max(1) as usize).map_err(plan_err)?;
+            let rows = meta.num_seqs * shape.num_heads * p.num_splits as usize;
+            let mut part_out = dev.alloc_zeros::<f32>(rows * shape.head_dim)?;
+            let mut part_m = dev.alloc_zeros::<f32>(rows)?;
+            let mut part_l = dev.alloc_zeros::<f32>(rows)?;
+            let bps = p.blocks_per_split as i32;
+            let split = function(dev, "paged_decode", &p.split)?;
+            let mut args = stream.launch_builder(&split);
+            args.arg(qv).arg(kv).arg(vv).arg(bt).arg(ctx).arg(cu);
+            args.arg(&mut part_out).arg(&mut part_m).arg(&mut part_l);
+            args.arg(&h).arg(&kvh).arg(&max_blocks).arg(&bps).arg(&softmax_scale);
+            launch(args, &p.split)?;
+            let (d, splits) = (as_i32(shape.head_dim, "head_dim")?, p.num_splits as i32);
+            let merge = function(dev, "paged_decode", &p.merge)?;
+            let mut args = stream.launch_builder(&merge);
+            args.arg(&mut out).arg(&part_out).arg(&part_m).arg(&part_l).arg(cu).arg(&h).arg(&d).arg(&splits);
+            launch(args, &p.merge)?;
+        } else {
+            let p = plan::prefill_plan(shape, meta.max_query_len).map_err(plan_err)?;
+            let tile = p.tile_tokens as i32;
+            let func = function(dev, "paged_prefill", &p.attn)?;
+            let mut args = stream.launch_builder(&func);
+            args.arg(&mut out).arg(qv).arg(kv).arg(vv).arg(bt).arg(ctx).arg(cu);
+            args.arg(&h).arg(&kvh).arg(&max_blocks).arg(&tile).arg(&softmax_scale);
+            launch(args, &p.attn)?;
+        }
+        Ok(out)
+    }
 }
 
 /// cuda_fwd of rms_norm (CustomOp2: x, weight). The weight is upcast to f32 like the CPU op does.

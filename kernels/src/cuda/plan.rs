@@ -46,6 +46,35 @@ impl KernelDtype {
     }
 }
 
+/// The KV cache an attention kernel reads: in the query's float dtype, or quantized rows of
+/// `head_dim` one-byte codes followed by their f32 scale (int8, fp8 e4m3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheFormat {
+    /// The cache holds the query's dtype.
+    Float,
+    Int8,
+    Fp8,
+}
+
+impl CacheFormat {
+    /// Appended to the query dtype in kernel names (`paged_decode_f16_int8_bs16_d64`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::Float => "",
+            Self::Int8 => "_int8",
+            Self::Fp8 => "_fp8",
+        }
+    }
+
+    /// Bytes of one cache row (one token in one KV head).
+    pub fn row_bytes(self, query: KernelDtype, head_dim: usize) -> usize {
+        match self {
+            Self::Float => head_dim * query.size_in_bytes(),
+            Self::Int8 | Self::Fp8 => head_dim + 4,
+        }
+    }
+}
+
 /// Everything a launch needs besides its arguments.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LaunchConfig {
@@ -78,7 +107,9 @@ fn to_u32(v: usize, what: &str) -> Result<u32, PlanError> {
 /// The attention problem as the kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
+    /// The query's (and output's) dtype.
     pub dtype: KernelDtype,
+    pub cache: CacheFormat,
     pub num_seqs: usize,
     pub num_heads: usize,
     pub num_kv_heads: usize,
@@ -116,19 +147,20 @@ impl AttentionShape {
     }
 
     fn kernel_name(&self, op: &str) -> String {
-        format!("{op}_{}_bs{}_d{}", self.dtype.suffix(), self.block_size, self.head_dim)
+        format!("{op}_{}{}_bs{}_d{}", self.dtype.suffix(), self.cache.suffix(), self.block_size, self.head_dim)
     }
 }
 
 /// Dynamic shared memory of an attention CTA serving `rows` query rows; must match
-/// `kv_attn_smem_bytes` in kernels/cuda/attention.cuh.
-pub fn attention_smem_bytes(elem_bytes: usize, block_size: usize, head_dim: usize, rows: usize) -> usize {
-    let v_tile = (block_size * head_dim * elem_bytes).div_ceil(16) * 16;
+/// `kv_attn_smem_bytes` in kernels/cuda/attention.cuh. `row_bytes`: one cache row.
+pub fn attention_smem_bytes(row_bytes: usize, block_size: usize, head_dim: usize, rows: usize) -> usize {
+    let v_tile = (block_size * row_bytes).div_ceil(16) * 16;
     v_tile + 4 * (2 * rows * head_dim + rows * block_size + 4 * rows)
 }
 
 fn attention_smem(shape: &AttentionShape, rows: usize, what: &str) -> Result<u32, PlanError> {
-    let bytes = attention_smem_bytes(shape.dtype.size_in_bytes(), shape.block_size, shape.head_dim, rows);
+    let row_bytes = shape.cache.row_bytes(shape.dtype, shape.head_dim);
+    let bytes = attention_smem_bytes(row_bytes, shape.block_size, shape.head_dim, rows);
     if bytes > MAX_SHARED_BYTES {
         return err(format!(
             "{what}: {rows} query rows per CTA need {bytes} bytes of shared memory (limit {MAX_SHARED_BYTES}); \
@@ -231,6 +263,22 @@ pub fn write_kv_rows_plan(dtype: KernelDtype, num_tokens: usize) -> Result<Launc
     })
 }
 
+/// Quantizing scatter of K or V rows into an int8/fp8 cache: one CTA per token, one warp per
+/// KV head (f32 rows in).
+pub fn write_kv_quant_plan(cache: CacheFormat, num_tokens: usize) -> Result<LaunchConfig, PlanError> {
+    let kernel = match cache {
+        CacheFormat::Int8 => "write_kv_quant_int8",
+        CacheFormat::Fp8 => "write_kv_quant_fp8",
+        CacheFormat::Float => return err("write_kv_quant_plan: a float cache takes write_kv_rows".to_string()),
+    };
+    Ok(LaunchConfig {
+        kernel: kernel.to_string(),
+        grid: [to_u32(num_tokens.max(1), "num_tokens")?, 1, 1],
+        block: [128, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
 /// Scatter of slot positions: one thread per (token, kv head).
 pub fn write_kv_positions_plan(num_tokens: usize, num_kv_heads: usize) -> Result<LaunchConfig, PlanError> {
     Ok(LaunchConfig {
@@ -289,6 +337,12 @@ pub fn attention_mass_smem_bytes(head_dim: usize) -> usize {
 /// Attention mass: one CTA per (voter, kv head), writing that voter's `[max_ctx]` row.
 pub fn attention_mass_plan(shape: &AttentionShape, num_voters: usize, max_ctx: usize) -> Result<LaunchConfig, PlanError> {
     shape.validate()?;
+    if shape.cache != CacheFormat::Float {
+        return err(format!(
+            "attention_mass (H2O/SnapKV scores) has no CUDA kernel for a{} KV cache yet; use an f16/bf16 cache with these policies",
+            shape.cache.suffix().replace('_', "n ")
+        ));
+    }
     if num_voters == 0 || max_ctx == 0 {
         return err(format!("attention_mass needs voters and a context, got {num_voters} voters, max_ctx {max_ctx}"));
     }
@@ -301,10 +355,12 @@ pub fn attention_mass_plan(shape: &AttentionShape, num_voters: usize, max_ctx: u
 }
 
 /// Element type of a cache tensor that move_slots / copy_blocks rewrite: K/V in a float dtype,
-/// or the slot metadata (`slot_pos` i32, `slot_score` f32 = `Float(F32)`).
+/// int8/fp8 K/V rows as bytes (codes and scale move together), or the slot metadata (`slot_pos`
+/// i32, `slot_score` f32 = `Float(F32)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheElem {
     Float(KernelDtype),
+    Bytes,
     I32,
 }
 
@@ -312,6 +368,7 @@ impl CacheElem {
     pub fn suffix(self) -> &'static str {
         match self {
             Self::Float(d) => d.suffix(),
+            Self::Bytes => "u8",
             Self::I32 => "i32",
         }
     }
@@ -346,7 +403,7 @@ mod tests {
     use super::*;
 
     fn shape(dtype: KernelDtype, heads: usize, kv_heads: usize, bs: usize, d: usize) -> AttentionShape {
-        AttentionShape { dtype, num_seqs: 3, num_heads: heads, num_kv_heads: kv_heads, block_size: bs, head_dim: d }
+        AttentionShape { dtype, cache: CacheFormat::Float, num_seqs: 3, num_heads: heads, num_kv_heads: kv_heads, block_size: bs, head_dim: d }
     }
 
     #[test]
@@ -395,15 +452,30 @@ mod tests {
     }
 
     #[test]
+    fn quantized_caches_name_their_format_and_stage_rows_with_their_scales() {
+        let s = AttentionShape { cache: CacheFormat::Int8, ..shape(KernelDtype::F16, 8, 2, 16, 64) };
+        let p = decode_plan(&s, 100, None, 8).unwrap();
+        assert_eq!(p.split.kernel, "paged_decode_f16_int8_bs16_d64");
+        assert_eq!(p.split.shared_bytes as usize, attention_smem_bytes(68, 16, 64, 4));
+        assert_eq!(prefill_plan(&AttentionShape { cache: CacheFormat::Fp8, ..s }, 9).unwrap().attn.kernel, "paged_prefill_f16_fp8_bs16_d64");
+        assert_eq!(write_kv_quant_plan(CacheFormat::Fp8, 3).unwrap().kernel, "write_kv_quant_fp8");
+        assert!(write_kv_quant_plan(CacheFormat::Float, 3).is_err());
+        let e = attention_mass_plan(&s, 1, 10).unwrap_err();
+        assert!(e.0.contains("int8") && !e.0.contains('\n'), "{e}");
+    }
+
+    #[test]
     fn shared_memory_stays_under_the_default_limit_for_gqa_up_to_8() {
         for dtype in [KernelDtype::F32, KernelDtype::F16, KernelDtype::Bf16] {
             for (bs, d) in [(16, 64), (16, 128), (32, 64), (32, 128)] {
                 for group in [1, 3, 8] {
-                    let s = shape(dtype, 2 * group, 2, bs, d);
+                  for cache in [CacheFormat::Float, CacheFormat::Int8, CacheFormat::Fp8] {
+                    let s = AttentionShape { cache, ..shape(dtype, 2 * group, 2, bs, d) };
                     let p = prefill_plan(&s, 40).unwrap();
                     assert!(p.attn.shared_bytes as usize <= MAX_SHARED_BYTES);
                     assert!(p.tile_tokens as usize * group <= PREFILL_TARGET_ROWS.max(group));
                     decode_plan(&s, 40, None, 8).unwrap();
+                  }
                 }
             }
         }

@@ -1,4 +1,5 @@
-//! The paged KV cache and the ops that read and write it: cache tensors ([`cache`]), the
+//! The paged KV cache and the ops that read and write it: cache tensors ([`cache`]) in one of
+//! the KV dtypes ([`kv_dtype`]; the int8/fp8 row codecs are [`quant`]), the
 //! per-step batch description ([`metadata`]), `write_kv` ([`write_kv`]) and `paged_attention`
 //! ([`attention`]).
 //!
@@ -11,14 +12,17 @@
 pub mod attention;
 pub mod block_bytes;
 pub mod cache;
+pub mod kv_dtype;
 pub mod metadata;
+pub mod quant;
 pub mod slot_moves;
 pub mod write_kv;
 
 pub use attention::mass::{attention_mass, MassVoter};
-pub use attention::paged_attention;
+pub use attention::{cpu_attention_level, paged_attention};
 pub use block_bytes::{block_nbytes, read_blocks, write_block};
 pub use cache::{KvCacheShape, LayerKvCache, PagedKvCache};
+pub use kv_dtype::KvDtype;
 pub use metadata::{AttentionMetadata, HostMetadata};
 pub use slot_moves::{copy_blocks, move_slots, BlockCopies, SlotMoves};
 pub use write_kv::write_kv;

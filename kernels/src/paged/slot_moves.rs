@@ -10,6 +10,9 @@
 //! new token still comes after every kept one, so attention's causal rule needs no change.
 //! Attention is order-invariant over keys once RoPE is applied, so a moved key means the same.
 //!
+//! A quantized cache's rows are codes followed by their scale (see `kv_dtype`), so moving or
+//! copying rows moves each token's scale with its codes; nothing here treats them apart.
+//!
 //! Must not know: why an entry moves (the policies decide), nor which request owns a block.
 
 use std::collections::HashSet;
@@ -17,7 +20,7 @@ use std::collections::HashSet;
 use candle_core::{bail, CpuStorage, Device, InplaceOp2, Layout, Result, Tensor};
 
 use super::LayerKvCache;
-use crate::elem::{contiguous, contiguous_mut, with_float_type, KernelFloat};
+use crate::elem::{cache_bytes_mut, contiguous, contiguous_mut, with_float_type, KernelFloat};
 
 /// Entry moves for one layer: `(kv_head, src_slot, dst_slot)` with slot = `block * block_size
 /// + offset`. Validated so the result cannot depend on the order moves are applied: per head,
@@ -182,6 +185,8 @@ impl InplaceOp2 for MoveEntries {
                 let d = contiguous_mut::<i32>(dst, dst_l, name, "slot_pos")?;
                 move_entries(d, &dims, moves, self.clear.map(|c| c as i32))
             }
+            // Quantized K/V rows (codes + scale); never cleared (`clear` is for the metadata).
+            CpuStorage::U8(_) | CpuStorage::F8E4M3(_) => move_entries(cache_bytes_mut(dst, dst_l, name, "cache")?, &dims, moves, None),
             _ => with_float_type!(dst, name, T => {
                 let d = contiguous_mut::<T>(dst, dst_l, name, "cache")?;
                 move_entries(d, &dims, moves, self.clear.map(T::from_f32))
@@ -208,6 +213,7 @@ impl InplaceOp2 for CopyBlocks {
         let pairs = contiguous::<u32>(pairs, pairs_l, name, "pairs")?;
         match dst {
             CpuStorage::I32(_) => copy_whole_blocks(contiguous_mut::<i32>(dst, dst_l, name, "slot_pos")?, &dims, pairs),
+            CpuStorage::U8(_) | CpuStorage::F8E4M3(_) => copy_whole_blocks(cache_bytes_mut(dst, dst_l, name, "cache")?, &dims, pairs),
             _ => with_float_type!(dst, name, T => {
                 copy_whole_blocks(contiguous_mut::<T>(dst, dst_l, name, "cache")?, &dims, pairs)
             }),
@@ -285,6 +291,44 @@ mod tests {
         assert_eq!(got, want);
         assert!(BlockCopies::new(vec![[1, 3], [3, 2]], &Device::Cpu).is_err());
         assert!(copy_blocks(&layer, &BlockCopies::new(vec![[1, 4]], &Device::Cpu)?).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn quantized_moves_and_block_copies_carry_codes_and_scale_together() -> Result<()> {
+        use crate::paged::{write_kv, AttentionMetadata, KvDtype, PagedKvCache};
+        for dtype in [KvDtype::Int8, KvDtype::Fp8] {
+            let cache = PagedKvCache::new(1, SHAPE, dtype, &Device::Cpu)?;
+            let layer = &cache.layers[0];
+            // Fill blocks 0 and 1 (slots 0..8) with rows of very different magnitudes, so every
+            // row has its own scale.
+            let t = 8;
+            let k: Vec<f32> = (0..t * 2 * 3).map(|i| (i as f32 + 1.0) * if i % 2 == 0 { 0.01 } else { -3.0 }).collect();
+            let k = Tensor::from_vec(k, (t, 2, 3), &Device::Cpu)?;
+            let meta = AttentionMetadata::new((0..t as i64).collect(), (0..t as u32).collect(), vec![vec![0, 1]], vec![t], vec![t], 4, &Device::Cpu)?;
+            write_kv(layer, &k, &(&k * 2.0)?, &meta)?;
+            let rows = |t: &Tensor| -> Result<Vec<Vec<u8>>> {
+                let b: Vec<u8> = match t.dtype() {
+                    DType::U8 => t.flatten_all()?.to_vec1()?,
+                    _ => t.flatten_all()?.to_vec1::<float8::F8E4M3>()?.iter().map(|c| c.to_bits()).collect(),
+                };
+                Ok(b.chunks(7).map(|r| r.to_vec()).collect())
+            };
+            let at = |head: usize, slot: usize| ((slot / 4) * 2 + head) * 4 + slot % 4;
+            let (key0, value0) = (rows(&layer.key)?, rows(&layer.value)?);
+            move_slots(layer, &SlotMoves::new(vec![[1, 6, 9], [0, 2, 12]], &Device::Cpu)?)?;
+            let (key1, value1) = (rows(&layer.key)?, rows(&layer.value)?);
+            assert_eq!(key1[at(1, 9)], key0[at(1, 6)], "{dtype}: codes and scale moved as one row");
+            assert_eq!(value1[at(0, 12)], value0[at(0, 2)], "{dtype}");
+            assert_ne!(key0[at(1, 6)][3..], key0[at(1, 5)][3..], "rows have their own scales");
+            copy_blocks(layer, &BlockCopies::new(vec![[1, 3]], &Device::Cpu)?)?;
+            let key2 = rows(&layer.key)?;
+            for head in 0..2 {
+                for off in 0..4 {
+                    assert_eq!(key2[at(head, 12 + off)], key1[at(head, 4 + off)], "{dtype}: block copy");
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -4,15 +4,20 @@
 //! Three in-place CustomOps (key, value, slot_pos), each taking `slot_mapping` as a device tensor
 //! so a CUDA twin needs no host data. Slot ranges were validated by `AttentionMetadata::new`
 //! against the sequences' blocks; here only the O(1) check against this cache's size remains.
+//! A quantized cache (int8, fp8) is written here and only here: each (token, KV head) row is
+//! quantized once with its own scale ([`super::quant`]) as it lands in its slot.
 //! Must not know: which tokens were evicted or why a slot was chosen.
 
-use candle_core::{bail, CpuStorage, InplaceOp3, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, DType, InplaceOp3, Layout, Result, Tensor};
 
+use super::kv_dtype::KvDtype;
+use super::quant::quantize_row;
 use super::{AttentionMetadata, LayerKvCache};
-use crate::elem::{contiguous, contiguous_mut, with_float_type};
+use crate::elem::{cache_bytes_mut, contiguous, contiguous_mut, dtype_of, is_quantized_storage, with_float_type};
 
-/// Scatter new K/V (`[T, num_kv_heads, head_dim]`, any float dtype, cast to the cache dtype) into
-/// the layer's cache slots given by `meta.slot_mapping` (-1 = skip); also writes `slot_pos`.
+/// Scatter new K/V (`[T, num_kv_heads, head_dim]`, any float dtype, cast to the cache dtype, or
+/// quantized per (token, head) for an int8/fp8 cache) into the layer's cache slots given by
+/// `meta.slot_mapping` (-1 = skip); also writes `slot_pos`.
 pub fn write_kv(cache: &LayerKvCache, k: &Tensor, v: &Tensor, meta: &AttentionMetadata) -> Result<()> {
     let shape = cache.shape()?;
     let want = [meta.num_tokens, shape.num_kv_heads, shape.head_dim];
@@ -34,20 +39,19 @@ pub fn write_kv(cache: &LayerKvCache, k: &Tensor, v: &Tensor, meta: &AttentionMe
     if cache.slot_pos.dims() != shape.slot_dims() {
         bail!("write_kv: slot_pos has shape {:?}, expected {:?}", cache.slot_pos.dims(), shape.slot_dims())
     }
-    let k = k.to_dtype(cache.dtype())?.contiguous()?;
-    let v = v.to_dtype(cache.dtype())?.contiguous()?;
+    // Quantizing kernels read f32 rows whatever the model computes in.
+    let rows = if cache.kv_dtype()?.is_quantized() { DType::F32 } else { cache.dtype() };
+    let k = k.to_dtype(rows)?.contiguous()?;
+    let v = v.to_dtype(rows)?.contiguous()?;
     cache.key.inplace_op3(&k, &meta.slot_mapping, &ScatterRows)?;
     cache.value.inplace_op3(&v, &meta.slot_mapping, &ScatterRows)?;
     cache.slot_pos.inplace_op3(&meta.positions, &meta.slot_mapping, &ScatterPositions)
 }
 
-/// dst `[num_blocks, heads, block_size, row]` ← src `[T, heads, row]` at slots `[T]` (I64).
-/// `row` is `head_dim` for K/V and 1 for `slot_pos`.
-fn scatter<T: Copy>(dst: &mut [T], dst_dims: &[usize], src: &[T], slots: &[i64], row: usize, op: &str) -> Result<()> {
-    let (num_blocks, heads, block_size) = (dst_dims[0], dst_dims[1], dst_dims[2]);
-    if src.len() != slots.len() * heads * row {
-        bail!("{op}: source has {} elements, expected {} tokens × {heads} × {row}", src.len(), slots.len())
-    }
+/// Calls `write(t, h, d)` for every written (token, head): `d` is the destination row's index in
+/// `[num_blocks, heads, block_size]` order; slot -1 skips the token.
+fn for_each_slot(dims: &[usize], slots: &[i64], op: &str, mut write: impl FnMut(usize, usize, usize)) -> Result<()> {
+    let (num_blocks, heads, block_size) = (dims[0], dims[1], dims[2]);
     for (t, &slot) in slots.iter().enumerate() {
         if slot < 0 {
             continue;
@@ -57,12 +61,37 @@ fn scatter<T: Copy>(dst: &mut [T], dst_dims: &[usize], src: &[T], slots: &[i64],
             bail!("{op}: slot {slot} is beyond the cache's {num_blocks} blocks")
         }
         for h in 0..heads {
-            let d = ((block * heads + h) * block_size + offset) * row;
-            let s = (t * heads + h) * row;
-            dst[d..d + row].copy_from_slice(&src[s..s + row]);
+            write(t, h, (block * heads + h) * block_size + offset);
         }
     }
     Ok(())
+}
+
+/// dst `[num_blocks, heads, block_size, row]` ← src `[T, heads, row]` at slots `[T]` (I64).
+/// `row` is `head_dim` for K/V and 1 for `slot_pos`.
+fn scatter<T: Copy>(dst: &mut [T], dst_dims: &[usize], src: &[T], slots: &[i64], row: usize, op: &str) -> Result<()> {
+    let heads = dst_dims[1];
+    if src.len() != slots.len() * heads * row {
+        bail!("{op}: source has {} elements, expected {} tokens × {heads} × {row}", src.len(), slots.len())
+    }
+    for_each_slot(dst_dims, slots, op, |t, h, d| {
+        let s = (t * heads + h) * row;
+        dst[d * row..(d + 1) * row].copy_from_slice(&src[s..s + row]);
+    })
+}
+
+/// dst `[num_blocks, heads, block_size, head_dim + 4]` bytes ← src f32 `[T, heads, head_dim]`
+/// quantized row by row at slots `[T]`.
+fn scatter_quantized(kind: KvDtype, dst: &mut [u8], dst_dims: &[usize], src: &[f32], slots: &[i64], op: &str) -> Result<()> {
+    let (heads, row) = (dst_dims[1], dst_dims[3]);
+    let hd = kind.head_dim(row)?;
+    if src.len() != slots.len() * heads * hd {
+        bail!("{op}: source has {} elements, expected {} tokens × {heads} × {hd}", src.len(), slots.len())
+    }
+    for_each_slot(dst_dims, slots, op, |t, h, d| {
+        let s = (t * heads + h) * hd;
+        quantize_row(kind, &src[s..s + hd], &mut dst[d * row..(d + 1) * row]);
+    })
 }
 
 struct ScatterRows;
@@ -100,6 +129,12 @@ impl InplaceOp3 for ScatterRows {
             bail!("{name}: cache must be rank 4, got {dims:?}")
         }
         let slots = contiguous::<i64>(slots, slots_l, name, "slot_mapping")?;
+        if is_quantized_storage(dst) {
+            let kind = KvDtype::from_storage(dtype_of(dst))?;
+            let src = contiguous::<f32>(src, src_l, name, "new k/v (f32 for a quantized cache)")?;
+            let dst = cache_bytes_mut(dst, dst_l, name, "cache")?;
+            return scatter_quantized(kind, dst, &dims, src, slots, name);
+        }
         with_float_type!(dst, name, T => {
             let src = contiguous::<T>(src, src_l, name, "new k/v")?;
             let dst = contiguous_mut::<T>(dst, dst_l, name, "cache")?;
@@ -186,7 +221,7 @@ mod tests {
 
     fn check_rows_landed(dtype: DType, tol: f32) -> Result<()> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let cache = PagedKvCache::new(1, SHAPE, dtype, &Device::Cpu)?;
+        let cache = PagedKvCache::new(1, SHAPE, KvDtype::from_float(dtype)?, &Device::Cpu)?;
         let layer = &cache.layers[0];
         let meta = meta()?;
         let k = random(&mut rng, &[4, 2, 3])?;
@@ -239,7 +274,7 @@ mod tests {
     #[test]
     fn slot_beyond_the_cache_is_an_error_and_writes_nothing() -> Result<()> {
         let small = KvCacheShape { num_blocks: 1, ..SHAPE };
-        let cache = PagedKvCache::new(1, small, DType::F32, &Device::Cpu)?;
+        let cache = PagedKvCache::new(1, small, KvDtype::F32, &Device::Cpu)?;
         let meta = meta()?; // writes slots 5..8 (block 1), beyond a 1-block cache
         let k = Tensor::ones((4, 2, 3), DType::F32, &Device::Cpu)?;
         assert!(write_kv(&cache.layers[0], &k, &k, &meta).is_err());
@@ -249,7 +284,7 @@ mod tests {
 
     #[test]
     fn wrong_kv_shape_is_an_error() -> Result<()> {
-        let cache = PagedKvCache::new(1, SHAPE, DType::F32, &Device::Cpu)?;
+        let cache = PagedKvCache::new(1, SHAPE, KvDtype::F32, &Device::Cpu)?;
         let k = Tensor::ones((4, 3, 3), DType::F32, &Device::Cpu)?;
         assert!(write_kv(&cache.layers[0], &k, &k, &meta()?).is_err());
         Ok(())
@@ -257,7 +292,7 @@ mod tests {
 
     #[test]
     fn strided_input_is_made_contiguous_before_writing() -> Result<()> {
-        let cache = PagedKvCache::new(1, SHAPE, DType::F32, &Device::Cpu)?;
+        let cache = PagedKvCache::new(1, SHAPE, KvDtype::F32, &Device::Cpu)?;
         // [T, 2*heads, d] narrowed to the second half: a strided view.
         let fused = Tensor::arange(0f32, 4.0 * 4.0 * 3.0, &Device::Cpu)?.reshape((4, 4, 3))?;
         let k = fused.narrow(1, 2, 2)?;
@@ -266,6 +301,48 @@ mod tests {
         let block1 = cache.layers[0].key.get(1)?.to_vec3::<f32>()?;
         // Token 0 → slot 5 = block 1 offset 1; its head 0 is fused head 2.
         assert_eq!(block1[0][1], k.get(0)?.get(0)?.to_vec1::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn quantized_rows_land_with_their_own_scale_and_skipped_slots_stay_zero() -> Result<()> {
+        use crate::paged::quant::dequantize_row;
+        for kind in [KvDtype::Int8, KvDtype::Fp8] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+            let cache = PagedKvCache::new(1, SHAPE, kind, &Device::Cpu)?;
+            let layer = &cache.layers[0];
+            // bf16 input: quantization starts from the model's values, whatever their dtype.
+            let k = random(&mut rng, &[4, 2, 3])?.to_dtype(DType::BF16)?;
+            let v = random(&mut rng, &[4, 2, 3])?;
+            write_kv(layer, &k, &v, &meta()?)?;
+            let bytes = |t: &Tensor| -> Result<Vec<u8>> {
+                Ok(match t.dtype() {
+                    DType::U8 => t.flatten_all()?.to_vec1::<u8>()?,
+                    _ => t.flatten_all()?.to_vec1::<float8::F8E4M3>()?.iter().map(|c| c.to_bits()).collect(),
+                })
+            };
+            let (key, value) = (bytes(&layer.key)?, bytes(&layer.value)?);
+            let (k3, v3) = (k.to_dtype(DType::F32)?.to_vec3::<f32>()?, v.to_vec3::<f32>()?);
+            let row = 3 + 4;
+            let mut written = 0;
+            for (t, slot) in [(0usize, 5usize), (1, 6), (2, 7)] {
+                for h in 0..2 {
+                    let base = (((slot / 4) * 2 + h) * 4 + slot % 4) * row;
+                    for (cache, want) in [(&key, &k3[t][h]), (&value, &v3[t][h])] {
+                        let got = dequantize_row(kind, &cache[base..base + row]);
+                        let amax = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+                        for (g, w) in got.iter().zip(want.iter()) {
+                            // int8: half a step of amax/127; fp8: 1/16 relative (+ a subnormal step).
+                            let tol = if kind == KvDtype::Int8 { amax / 254.0 } else { w.abs() / 16.0 + amax / 448.0 / 512.0 };
+                            assert!((g - w).abs() <= tol + 1e-6, "{kind} t{t} h{h}: {g} vs {w}");
+                        }
+                        written += row;
+                    }
+                }
+            }
+            let nonzero = key.iter().chain(&value).filter(|&&b| b != 0).count();
+            assert!(nonzero > 0 && nonzero <= written, "{kind}: only the 6 written rows per tensor hold bytes");
+        }
         Ok(())
     }
 }

@@ -25,6 +25,7 @@ pub fn emulate_attention_mass(inp: &AttnInputs, scale: f32, voters: &[MassVoter]
     let host = &inp.meta.host;
     let shape = AttentionShape {
         dtype: kernel_dtype(inp.case.dtype),
+        cache: super::cache_format(&inp.cache),
         num_seqs: inp.meta.num_seqs,
         num_heads: inp.case.num_kv_heads * inp.case.group,
         num_kv_heads: inp.case.num_kv_heads,
@@ -97,7 +98,10 @@ pub fn random_block_copies(rng: &mut StdRng, num_blocks: usize) -> Vec<[u32; 2]>
 /// The layer's four tensors as (bytes, element type, dims, the `clear` value move_slots gives
 /// their sources: none for K/V, -1 for slot_pos, 0 for slot_score — as the CPU op wires them).
 fn tensors(layer: &LayerKvCache) -> Result<Vec<(Vec<u8>, CacheElem, Vec<usize>, Option<f32>)>> {
-    let kv = CacheElem::Float(kernel_dtype(layer.key.dtype()));
+    let kv = match layer.key.dtype() {
+        DType::U8 | DType::F8E4M3 => CacheElem::Bytes, // int8/fp8 rows: codes + scale as bytes
+        float => CacheElem::Float(kernel_dtype(float)),
+    };
     Ok(vec![
         (bytes_of(&layer.key)?, kv, layer.key.dims().to_vec(), None),
         (bytes_of(&layer.value)?, kv, layer.value.dims().to_vec(), None),

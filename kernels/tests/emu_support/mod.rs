@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use candle_core::{DType, Device, Result, Tensor};
 use half::{bf16, f16};
-use kvault_kernels::{AttentionMetadata, KvCacheShape, LayerKvCache};
-use kvault_kernels_emu::plan::{self, AttentionShape, KernelDtype};
+use kvault_kernels::paged::quant::quantize_row;
+use kvault_kernels::{AttentionMetadata, KvCacheShape, KvDtype, LayerKvCache};
+use kvault_kernels_emu::plan::{self, AttentionShape, CacheFormat, KernelDtype};
 use kvault_kernels_emu::{launch_checked, Arg, EmuError, LaunchStats};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -58,6 +59,8 @@ pub fn bytes_of(t: &Tensor) -> Result<Vec<u8>> {
         DType::U32 => t.to_vec1::<u32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::I64 => t.to_vec1::<i64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DType::I32 => t.to_vec1::<i32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::U8 => t.to_vec1::<u8>()?,
+        DType::F8E4M3 => t.to_vec1::<float8::F8E4M3>()?.iter().map(|c| c.to_bits()).collect(),
         other => panic!("bytes_of: unsupported {other:?}"),
     })
 }
@@ -69,6 +72,8 @@ pub fn tensor_from_bytes(bytes: &[u8], dtype: DType, dims: &[usize]) -> Result<T
         DType::F16 => Tensor::from_vec(bytes.chunks_exact(2).map(|c| f16::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(), dims, dev)?,
         DType::BF16 => Tensor::from_vec(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(), dims, dev)?,
         DType::I32 => Tensor::from_vec(bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>(), dims, dev)?,
+        DType::U8 => Tensor::from_vec(bytes.to_vec(), dims, dev)?,
+        DType::F8E4M3 => Tensor::from_vec(bytes.iter().map(|&b| float8::F8E4M3::from_bits(b)).collect::<Vec<_>>(), dims, dev)?,
         other => panic!("tensor_from_bytes: unsupported {other:?}"),
     })
 }
@@ -167,13 +172,61 @@ pub fn build_attention(case: &AttnCase, rng: &mut StdRng) -> Result<AttnInputs> 
     Ok(AttnInputs { case: case.clone(), cache, meta, q })
 }
 
-fn emu(e: EmuError) -> candle_core::Error {
+/// Rebuilds the inputs' metadata with about a quarter of the tokens' slots set to -1 (writes
+/// the kernels must skip, leaving those slots untouched).
+pub fn skip_some_writes(inp: &mut AttnInputs, rng: &mut StdRng) -> Result<()> {
+    let host = &inp.meta.host;
+    let slots = host.slot_mapping.iter().map(|&s| if rng.random_bool(0.25) { -1 } else { s }).collect();
+    let tables = (0..inp.meta.num_seqs).map(|s| host.block_table(s).to_vec()).collect();
+    inp.meta = AttentionMetadata::new(
+        slots,
+        host.positions.clone(),
+        tables,
+        inp.case.seqs.iter().map(|s| s.0).collect(),
+        inp.case.seqs.iter().map(|s| s.1).collect(),
+        inp.case.block_size,
+        &Device::Cpu,
+    )?;
+    Ok(())
+}
+
+/// Replaces the inputs' float K/V cache with the same values quantized row by row (int8, fp8),
+/// as `write_kv` would have stored them.
+pub fn quantize_cache(inp: &mut AttnInputs, kind: KvDtype) -> Result<()> {
+    inp.cache.key = quantize_tensor(&inp.cache.key, kind)?;
+    inp.cache.value = quantize_tensor(&inp.cache.value, kind)?;
+    Ok(())
+}
+
+/// A float K/V tensor `[.., head_dim]` as int8/fp8 rows (codes + scale), quantized row by row.
+pub fn quantize_tensor(t: &Tensor, kind: KvDtype) -> Result<Tensor> {
+    let (nb, heads, bs, hd) = t.dims4()?;
+    let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let row = kind.row_len(hd);
+    let mut bytes = vec![0u8; nb * heads * bs * row];
+    for (x, r) in values.chunks_exact(hd).zip(bytes.chunks_exact_mut(row)) {
+        quantize_row(kind, x, r);
+    }
+    tensor_from_bytes(&bytes, kind.storage_dtype(), &[nb, heads, bs, row])
+}
+
+/// The kernels' name for the inputs' cache format.
+pub fn cache_format(cache: &LayerKvCache) -> CacheFormat {
+    match cache.kv_dtype().expect("a cache dtype") {
+        KvDtype::Int8 => CacheFormat::Int8,
+        KvDtype::Fp8 => CacheFormat::Fp8,
+        _ => CacheFormat::Float,
+    }
+}
+
+pub fn emu(e: EmuError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
 fn attention_shape(inp: &AttnInputs) -> AttentionShape {
     AttentionShape {
         dtype: kernel_dtype(inp.case.dtype),
+        cache: cache_format(&inp.cache),
         num_seqs: inp.meta.num_seqs,
         num_heads: inp.case.num_kv_heads * inp.case.group,
         num_kv_heads: inp.case.num_kv_heads,

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use kvault_kernels::{AttentionMetadata, KvCacheShape, PagedKvCache};
+use kvault_kernels::{AttentionMetadata, KvCacheShape, KvDtype, PagedKvCache};
 use kvault_models::model::CausalLm;
 use serde_json::Value;
 
@@ -62,7 +62,7 @@ impl<'a> OneSequence<'a> {
             block_size,
             head_dim: cfg.head_dim,
         };
-        let cache = PagedKvCache::new(cfg.num_layers, shape, model.dtype(), model.device()).unwrap();
+        let cache = PagedKvCache::new(cfg.num_layers, shape, KvDtype::from_float(model.dtype()).unwrap(), model.device()).unwrap();
         Self { model, cache, block_size, len: 0 }
     }
 

@@ -1,6 +1,8 @@
 //! `/metrics`: Prometheus text exposition with vLLM's metric names under a `kvault:` prefix,
 //! kvault's own KV-policy families (requests and evicted tokens per policy, tokens held), plus
-//! per-request latency observation (TTFT, inter-token gaps, end-to-end, SLA goodput).
+//! per-request latency observation (TTFT, inter-token gaps, end-to-end, SLA goodput), and the
+//! cache's configuration (`kvault:cache_config_info` with the KV cache dtype, as vLLM's
+//! `cache_config_info`, and the bytes one cached token costs).
 //!
 //! Engine gauges and counters are copied from the engine's lock-free stats at scrape time;
 //! latency histograms are fed by [`ObservedStream`], which wraps every engine request the
@@ -14,7 +16,8 @@ use kvault_engine::handle::RequestStream;
 use kvault_engine::kv_policy::KvPolicyKind;
 use kvault_engine::stats::{KvPolicyCounters, StatsSnapshot};
 use kvault_scheduler::sla::{LatencyTracker, SlaConfig};
-use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use kvault_engine::engine::EngineInfo;
+use prometheus::{Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 // Buckets reach down to 1 ms because small models on CPU decode in a few milliseconds.
 const TTFT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0];
@@ -39,6 +42,9 @@ pub struct Metrics {
     kv_policy_requests: IntCounterVec,
     kv_evicted_tokens: IntCounterVec,
     kv_tokens_held: IntGauge,
+    /// Set once the engine is loaded: labels block size, blocks and KV cache dtype; value 1.
+    cache_config: IntGaugeVec,
+    kv_bytes_per_token: IntGauge,
     ttft: Histogram,
     itl: Histogram,
     e2e: Histogram,
@@ -95,6 +101,17 @@ impl Metrics {
                 "kvault:kv_tokens_held",
                 "KV tokens held by running requests (per KV head per layer, summed over requests).",
             )?,
+            cache_config: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("kvault:cache_config_info", "KV cache configuration (value 1; the labels carry it)."),
+                    &["block_size", "num_blocks", "kv_cache_dtype"],
+                )?,
+            ),
+            kv_bytes_per_token: gauge(
+                "kvault:kv_cache_bytes_per_token",
+                "KV cache bytes per cached token: K and V of every layer and KV head (int8/fp8 scales included) plus slot metadata.",
+            )?,
             ttft: histogram(&r, "kvault:time_to_first_token_seconds", "Arrival to first token.", TTFT_BUCKETS)?,
             itl: histogram(&r, "kvault:inter_token_latency_seconds", "Gap between consecutive tokens.", ITL_BUCKETS)?,
             e2e: histogram(&r, "kvault:e2e_request_latency_seconds", "Arrival to the final token.", E2E_BUCKETS)?,
@@ -112,6 +129,13 @@ impl Metrics {
             epoch: Instant::now(),
             sla,
         })
+    }
+
+    /// Records the loaded engine's cache configuration.
+    pub fn set_cache_config(&self, info: &EngineInfo) {
+        let labels = [info.block_size.to_string(), info.num_blocks.to_string(), info.kv_cache_dtype.name().to_string()];
+        self.cache_config.with_label_values(&labels.each_ref().map(|l| l.as_str())).set(1);
+        self.kv_bytes_per_token.set(info.kv_bytes_per_token as i64);
     }
 
     /// Prometheus text format, engine figures as of now.

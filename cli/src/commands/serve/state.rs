@@ -55,6 +55,7 @@ impl AppState {
     }
 
     pub fn set_engine(&self, engine: Arc<EngineHandle>) {
+        self.metrics.set_cache_config(engine.info());
         // A second load never happens; ignoring the error keeps the first engine.
         let _ = self.engine.set(engine);
     }

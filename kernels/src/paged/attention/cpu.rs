@@ -13,12 +13,18 @@
 //! whether it runs alone, in a big batch, in a long prefill chunk or as a decode row after a
 //! prefix-cache hit. That is what makes prefix hits and continuous batching bit-exact.
 //!
+//! Cache dtypes: an item reads each block's rows through [`KvRows`]: float rows as f32, or
+//! int8/fp8 codes as f32 with one scale per row, applied after the q·k dot (keys) and folded into
+//! the probabilities (values), so dequantized rows are never built.
+//!
 //! Must not know: candle tensors or metadata validation (the caller guarantees in-range block
 //! ids and consistent lengths; see `AttentionMetadata::new`).
 
 use rayon::prelude::*;
 
 use crate::elem::KernelFloat;
+use crate::paged::kv_dtype::{KvDtype, SCALE_BYTES};
+use crate::paged::quant::decode_row;
 use crate::paged::HostMetadata;
 
 /// Queries per tile in a prefill chunk: large enough that a K/V block in L1 serves many rows,
@@ -62,12 +68,73 @@ struct Partial {
     acc: Vec<f32>,
 }
 
+/// Where an item reads one KV head's rows of one cache block: a float cache (converted to f32,
+/// or borrowed as-is when it is f32) or quantized rows (codes as f32 plus one scale per row).
+/// Every method is `inline(always)` so the conversion loops compile into the item kernel's
+/// feature level (AVX2, AVX-512) rather than the crate's baseline.
+pub(super) trait KvRows: Sync {
+    /// Rows `[0, n)` of slab `slab` (= physical block · num_kv_heads + kv head) as f32; for a
+    /// quantized cache also writes their scales into `scales[..n]` and returns true.
+    fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, scales: &mut [f32]) -> (&'a [f32], bool);
+}
+
+/// A float cache `[num_blocks, num_kv_heads, block_size, head_dim]`.
+pub(super) struct FloatRows<'c, C> {
+    pub data: &'c [C],
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+impl<C: KernelFloat> KvRows for FloatRows<'_, C> {
+    #[inline(always)]
+    fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, _scales: &mut [f32]) -> (&'a [f32], bool) {
+        let base = slab * self.block_size * self.head_dim;
+        (C::as_f32(&self.data[base..base + n * self.head_dim], scratch), false)
+    }
+}
+
+/// A quantized cache: rows of `head_dim` codes then the f32 scale ([`crate::paged::quant`]).
+pub(super) struct QuantRows<'c> {
+    pub data: &'c [u8],
+    pub kind: KvDtype,
+    pub head_dim: usize,
+    pub block_size: usize,
+}
+
+impl KvRows for QuantRows<'_> {
+    #[inline(always)]
+    fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, scales: &mut [f32]) -> (&'a [f32], bool) {
+        let (hd, row) = (self.head_dim, self.head_dim + SCALE_BYTES);
+        scratch.resize(self.block_size * hd, 0.0);
+        let base = slab * self.block_size * row;
+        let rows = self.data[base..base + n * row].chunks_exact(row);
+        for ((bytes, out), scale) in rows.zip(scratch.chunks_exact_mut(hd)).zip(scales.iter_mut()) {
+            *scale = decode_row(self.kind, bytes, out);
+        }
+        (&scratch[..], true)
+    }
+}
+
 /// Output `[T, num_heads, head_dim]` in f32. `q` is `[T, num_heads, head_dim]`; `key`/`value` are
-/// the whole cache `[num_blocks, num_kv_heads, block_size, head_dim]`.
-pub(super) fn attention<C: KernelFloat>(
+/// the whole cache, read through [`KvRows`].
+pub(super) fn attention<K: KvRows>(
     q: &[f32],
-    key: &[C],
-    value: &[C],
+    key: &K,
+    value: &K,
+    host: &HostMetadata,
+    geometry: &Geometry,
+    scale: f32,
+) -> Vec<f32> {
+    let level = Level::detect();
+    attention_at(level, q, key, value, host, geometry, scale)
+}
+
+/// [`attention`] at a chosen instruction-set level (tests compare the levels).
+pub(super) fn attention_at<K: KvRows>(
+    level: Level,
+    q: &[f32],
+    key: &K,
+    value: &K,
     host: &HostMetadata,
     geometry: &Geometry,
     scale: f32,
@@ -75,7 +142,7 @@ pub(super) fn attention<C: KernelFloat>(
     let items = plan(host, geometry);
     let partials: Vec<Partial> = items
         .par_iter()
-        .map(|item| run_item_dispatch(item, q, key, value, host, geometry, scale))
+        .map(|item| run_item_dispatch(level, item, q, key, value, host, geometry, scale))
         .collect();
     merge(&partials, host, geometry, q.len())
 }
@@ -111,47 +178,94 @@ pub(super) fn plan_len(host: &HostMetadata, g: &Geometry) -> usize {
     plan(host, g).len()
 }
 
-/// The kernel compiled twice: portable (the crate's baseline target, SSE2 on x86-64) and with
-/// AVX2+FMA when the CPU has them, picked at run time. The inner loops are plain Rust that LLVM
-/// vectorises; the wider target only changes the vector width it may use (~2× on decode).
-fn run_item_dispatch<C: KernelFloat>(
+/// The instruction-set level the item kernel runs at. The inner dot and weighted-sum loops are
+/// the same AVX2+FMA intrinsics at both x86 levels, so an f32 cache gives the same bits on an
+/// AVX2 and an AVX-512 machine; AVX-512 only widens the loops LLVM vectorises (dequantizing
+/// int8/fp8 codes, converting f16/bf16 rows, rescaling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Level {
+    Portable,
+    Avx2,
+    Avx512,
+}
+
+impl Level {
+    pub(super) fn detect() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("f16c") {
+                    return Level::Avx512;
+                }
+                return Level::Avx2;
+            }
+        }
+        Level::Portable
+    }
+
+    /// The levels this CPU can run, lowest first.
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Level> {
+        let top = Level::detect();
+        [Level::Portable, Level::Avx2, Level::Avx512].into_iter().filter(|l| *l as u8 <= top as u8).collect()
+    }
+}
+
+/// The kernel compiled three times: portable (the crate's baseline target, SSE2 on x86-64), with
+/// AVX2+FMA, and with AVX-512 (the AVX2 inner loops, wider conversions), picked at run time.
+#[allow(clippy::too_many_arguments)]
+fn run_item_dispatch<K: KvRows>(
+    level: Level,
     item: &WorkItem,
     q: &[f32],
-    key: &[C],
-    value: &[C],
+    key: &K,
+    value: &K,
     host: &HostMetadata,
     g: &Geometry,
     scale: f32,
 ) -> Partial {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features the function was compiled for were just detected on this CPU.
-        return unsafe { run_item_avx2(item, q, key, value, host, g, scale) };
+    match level {
+        // SAFETY: `level` comes from `Level::detect` (or a test's `Level::available`), which
+        // checked every feature the function is compiled for on this CPU.
+        Level::Avx512 => return unsafe { run_item_avx512(item, q, key, value, host, g, scale) },
+        // SAFETY: as above.
+        Level::Avx2 => return unsafe { run_item_avx2(item, q, key, value, host, g, scale) },
+        Level::Portable => {}
     }
-    run_item::<C, false>(item, q, key, value, host, g, scale)
+    let _ = level;
+    run_item::<K, false>(item, q, key, value, host, g, scale)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn run_item_avx2<C: KernelFloat>(
-    item: &WorkItem,
-    q: &[f32],
-    key: &[C],
-    value: &[C],
-    host: &HostMetadata,
-    g: &Geometry,
-    scale: f32,
-) -> Partial {
-    run_item::<C, true>(item, q, key, value, host, g, scale)
+/// An x86 entry point: [`run_item`] with the AVX2 inner loops, compiled for `$features`.
+macro_rules! x86_entry {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<K: KvRows>(
+            item: &WorkItem,
+            q: &[f32],
+            key: &K,
+            value: &K,
+            host: &HostMetadata,
+            g: &Geometry,
+            scale: f32,
+        ) -> Partial {
+            run_item::<K, true>(item, q, key, value, host, g, scale)
+        }
+    };
 }
+x86_entry!(run_item_avx2, "avx2,fma");
+x86_entry!(run_item_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
 
-/// `AVX`: use the AVX2+FMA inner loops; only [`run_item_avx2`] (entered after detection) sets it.
+/// `AVX`: use the AVX2+FMA inner loops; only the x86 entry points (entered after detection) set it.
 #[inline(always)]
-fn run_item<C: KernelFloat, const AVX: bool>(
+fn run_item<K: KvRows, const AVX: bool>(
     item: &WorkItem,
     q: &[f32],
-    key: &[C],
-    value: &[C],
+    key: &K,
+    value: &K,
     host: &HostMetadata,
     g: &Geometry,
     scale: f32,
@@ -175,13 +289,21 @@ fn run_item<C: KernelFloat, const AVX: bool>(
     let mut acc = vec![0f32; rows * hd];
     let mut scores = vec![0f32; bs];
     let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
+    // Quantized caches: per-row scales of the current block, and probabilities times V scales.
+    let (mut k_scales, mut v_scales, mut weights) = (vec![0f32; bs], vec![0f32; bs], vec![0f32; bs]);
     let table = host.block_table(item.seq);
-    let slab = bs * hd;
+    let last_key = ctx - q_len + item.q_end; // keys the tile's last query sees
     for (logical, &physical) in table.iter().enumerate().take(item.block_end).skip(item.block_start) {
-        let base = (physical as usize * g.num_kv_heads + item.kv_head) * slab;
-        let k = C::as_f32(&key[base..base + slab], &mut k_scratch);
-        let v = C::as_f32(&value[base..base + slab], &mut v_scratch);
+        let slab = physical as usize * g.num_kv_heads + item.kv_head;
         let first_key = logical * bs;
+        // Rows past every query's view may hold another sequence's leftovers: never decoded.
+        let rows_needed = (last_key - first_key).min(bs);
+        let (k, k_quant) = key.rows(slab, rows_needed, &mut k_scratch, &mut k_scales);
+        let (v, v_quant) = value.rows(slab, rows_needed, &mut v_scratch, &mut v_scales);
+        let scales = Scales {
+            key: k_quant.then_some(&k_scales[..]),
+            value: v_quant.then_some(&v_scales[..]),
+        };
         for j in 0..n_queries {
             // Keys this query may see: [0, ctx - q_len + j_in_chunk].
             let visible = ctx - q_len + item.q_start + j + 1;
@@ -195,7 +317,9 @@ fn run_item<C: KernelFloat, const AVX: bool>(
                     &q_rows[r * hd..(r + 1) * hd],
                     &k[..n * hd],
                     &v[..n * hd],
+                    &scales,
                     &mut scores[..n],
+                    &mut weights[..n],
                     &mut max[r],
                     &mut sum[r],
                     &mut acc[r * hd..(r + 1) * hd],
@@ -206,14 +330,25 @@ fn run_item<C: KernelFloat, const AVX: bool>(
     Partial { item: *item, max, sum, acc }
 }
 
+/// Per-row scales of a quantized block (None: a float cache, values as stored).
+struct Scales<'a> {
+    key: Option<&'a [f32]>,
+    value: Option<&'a [f32]>,
+}
+
 /// One online-softmax step of one row over `n` keys (`k`, `v`: `n × head_dim`): the row's running
-/// max, sum and unnormalised output are rescaled once per block, not once per key.
+/// max, sum and unnormalised output are rescaled once per block, not once per key. With a
+/// quantized cache the key scale multiplies the q·codes dot, and the value scale is folded into
+/// each probability before the weighted sum (the softmax sum itself uses the plain probability).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn attend_block<const AVX: bool>(
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    scales: &Scales,
     scores: &mut [f32],
+    weights: &mut [f32],
     max: &mut f32,
     sum: &mut f32,
     acc: &mut [f32],
@@ -222,7 +357,7 @@ fn attend_block<const AVX: bool>(
     let mut block_max = f32::NEG_INFINITY;
     for (s, k_row) in scores.iter_mut().zip(k.chunks_exact(hd)) {
         *s = if AVX {
-            // SAFETY: AVX is only true inside `run_item_avx2`, entered after detecting avx2+fma.
+            // SAFETY: AVX is only true inside the x86 entry points, entered after detecting avx2+fma.
             #[cfg(target_arch = "x86_64")]
             unsafe {
                 super::simd::dot_avx2(q, k_row)
@@ -232,7 +367,12 @@ fn attend_block<const AVX: bool>(
         } else {
             dot(q, k_row)
         };
-        block_max = block_max.max(*s);
+    }
+    if let Some(ks) = scales.key {
+        scores.iter_mut().zip(ks).for_each(|(s, &c)| *s *= c);
+    }
+    for &s in scores.iter() {
+        block_max = block_max.max(s);
     }
     let new_max = max.max(block_max);
     let mut block_sum = 0f32;
@@ -246,16 +386,23 @@ fn attend_block<const AVX: bool>(
     }
     *sum = *sum * correction + block_sum;
     *max = new_max;
+    let probs: &[f32] = match scales.value {
+        Some(vs) => {
+            weights.iter_mut().zip(scores.iter()).zip(vs).for_each(|((w, &p), &c)| *w = p * c);
+            weights
+        }
+        None => scores,
+    };
     if AVX {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            super::simd::weighted_sum_avx2(acc, scores, v)
+            super::simd::weighted_sum_avx2(acc, probs, v)
         }
         #[cfg(not(target_arch = "x86_64"))]
-        weighted_sum(acc, scores, v)
+        weighted_sum(acc, probs, v)
     } else {
-        weighted_sum(acc, scores, v)
+        weighted_sum(acc, probs, v)
     }
 }
 

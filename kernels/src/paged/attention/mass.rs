@@ -18,8 +18,9 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::Geometry;
-use crate::elem::{contiguous, to_f32_vec, with_float_type, KernelFloat};
+use super::cpu::{FloatRows, Geometry, KvRows, QuantRows};
+use crate::elem::{cache_bytes, contiguous, dtype_of, is_quantized_storage, to_f32_vec, with_float_type};
+use crate::paged::kv_dtype::KvDtype;
 use crate::paged::{AttentionMetadata, HostMetadata, LayerKvCache};
 
 /// One sequence of the batch whose query rows `[first_query, q_len)` vote.
@@ -114,18 +115,25 @@ impl CustomOp3 for AttentionMass<'_> {
         let (_, num_kv_heads, block_size, _) = key_l.shape().dims4()?;
         let g = Geometry { num_heads, num_kv_heads, head_dim, block_size };
         let q = to_f32_vec(q, q_l, name, "q")?;
-        let out = with_float_type!(key, name, C => {
-            let k = contiguous::<C>(key, key_l, name, "key cache")?;
-            mass(&q, k, &self.meta.host, &g, self.softmax_scale, self.voters, self.max_ctx)
-        });
+        let host = &self.meta.host;
+        let out = if is_quantized_storage(key) {
+            let kind = KvDtype::from_storage(dtype_of(key))?;
+            let k = QuantRows { data: cache_bytes(key, key_l, name, "key cache")?, kind, head_dim, block_size };
+            mass(&q, &k, host, &g, self.softmax_scale, self.voters, self.max_ctx)
+        } else {
+            with_float_type!(key, name, C => {
+                let k = FloatRows::<C> { data: contiguous::<C>(key, key_l, name, "key cache")?, head_dim, block_size };
+                mass(&q, &k, host, &g, self.softmax_scale, self.voters, self.max_ctx)
+            })
+        };
         Ok((CpuStorage::F32(out), Shape::from((self.voters.len(), num_kv_heads, self.max_ctx))))
     }
 }
 
 /// The CPU kernel: one rayon task per (voter, KV head), each owning its output row.
-fn mass<C: KernelFloat>(
+fn mass<K: KvRows>(
     q: &[f32],
-    key: &[C],
+    key: &K,
     host: &HostMetadata,
     g: &Geometry,
     scale: f32,
@@ -144,9 +152,9 @@ fn mass<C: KernelFloat>(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn voter_head_mass<C: KernelFloat>(
+fn voter_head_mass<K: KvRows>(
     q: &[f32],
-    key: &[C],
+    key: &K,
     host: &HostMetadata,
     g: &Geometry,
     scale: f32,
@@ -159,14 +167,18 @@ fn voter_head_mass<C: KernelFloat>(
     let q_len = range.len();
     let ctx = host.context_lens[voter.seq] as usize;
     let table = host.block_table(voter.seq);
-    // The head's keys of this sequence in logical order, converted once.
+    // The head's keys of this sequence in logical order, converted once (a quantized cache:
+    // codes as f32 and one scale per key, applied after the dot exactly as paged_attention does).
     let mut keys = vec![0f32; ctx * hd];
-    let mut scratch = Vec::new();
-    for (logical, &physical) in table.iter().enumerate() {
+    let mut key_scales: Option<Vec<f32>> = None;
+    let (mut scratch, mut scales) = (Vec::new(), vec![0f32; bs]);
+    for (logical, &physical) in table.iter().enumerate().take(ctx.div_ceil(bs)) {
         let n = bs.min(ctx - logical * bs);
-        let base = (physical as usize * g.num_kv_heads + kv_head) * bs * hd;
-        let slab = C::as_f32(&key[base..base + n * hd], &mut scratch);
-        keys[logical * bs * hd..(logical * bs + n) * hd].copy_from_slice(slab);
+        let (slab, quantized) = key.rows(physical as usize * g.num_kv_heads + kv_head, n, &mut scratch, &mut scales);
+        keys[logical * bs * hd..(logical * bs + n) * hd].copy_from_slice(&slab[..n * hd]);
+        if quantized {
+            key_scales.get_or_insert_with(|| vec![0f32; ctx])[logical * bs..logical * bs + n].copy_from_slice(&scales[..n]);
+        }
     }
     let mut scores = vec![0f32; ctx];
     let mut q_row = vec![0f32; hd];
@@ -177,8 +189,11 @@ fn voter_head_mass<C: KernelFloat>(
             let start = (token * g.num_heads + kv_head * group + h) * hd;
             q_row.iter_mut().zip(&q[start..start + hd]).for_each(|(d, &x)| *d = x * scale);
             let mut max = f32::NEG_INFINITY;
-            for (s, k) in scores[..visible].iter_mut().zip(keys.chunks_exact(hd)) {
+            for (i, (s, k)) in scores[..visible].iter_mut().zip(keys.chunks_exact(hd)).enumerate() {
                 *s = super::cpu::dot_dispatch(&q_row, k);
+                if let Some(ks) = &key_scales {
+                    *s *= ks[i];
+                }
                 max = max.max(*s);
             }
             let mut sum = 0f32;
@@ -226,13 +241,23 @@ mod tests {
     }
 
     #[test]
-    fn mass_equals_naive_softmax_sums_for_mixed_batches() -> Result<()> {
+    fn mass_equals_naive_softmax_sums_for_mixed_batches_and_every_dtype() -> Result<()> {
         let mut rng = StdRng::seed_from_u64(3);
-        for (kv_heads, group, bs) in [(2, 1, 16), (1, 3, 16), (2, 8, 32)] {
+        for dtype in KvDtype::ALL {
+          for (kv_heads, group, bs) in [(2, 1, 16), (1, 3, 16), (2, 8, 32)] {
             let hd = 16;
             let heads = kv_heads * group;
             let shape = KvCacheShape { num_blocks: 24, num_kv_heads: kv_heads, block_size: bs, head_dim: hd };
-            let cache = PagedKvCache::new(1, shape, DType::F32, &Device::Cpu)?;
+            let cache = PagedKvCache::new(1, shape, dtype, &Device::Cpu)?;
+            // The naive sums see what the cache holds: rounded, or dequantized.
+            let held = |row: &Vec<f32>| -> Result<Vec<f32>> {
+                if dtype.is_quantized() {
+                    let mut bytes = vec![0u8; dtype.row_len(hd)];
+                    crate::paged::quant::quantize_row(dtype, row, &mut bytes);
+                    return Ok(crate::paged::quant::dequantize_row(dtype, &bytes));
+                }
+                Tensor::new(row.as_slice(), &Device::Cpu)?.to_dtype(dtype.storage_dtype())?.to_dtype(DType::F32)?.to_vec1()
+            };
             let layer = &cache.layers[0];
             // Seq 0: prefill chunk of 20 after 7 cached; seq 1: a decode row at context 40;
             // seq 2: a first chunk of 5 (shorter than a block). Blocks shuffled.
@@ -255,7 +280,8 @@ mod tests {
                     }
                 }
                 tables.push(table);
-                keys_logical.push(per_head);
+                let held_keys = per_head.iter().map(|h| h.iter().map(&held).collect::<Result<Vec<_>>>()).collect::<Result<Vec<_>>>()?;
+                keys_logical.push(held_keys);
             }
             // Write every key with one whole-context "prefill" step, then attend with the real chunks.
             let n = slots.len();
@@ -277,7 +303,7 @@ mod tests {
                 token0 += q_lens[v.seq];
                 for g in 0..kv_heads {
                     for (slot, (&a, &b)) in got[i][g].iter().zip(&want[g]).enumerate() {
-                        assert!((a - b).abs() < 1e-4, "voter {i} head {g} slot {slot}: {a} vs {b}");
+                        assert!((a - b).abs() < 1e-4, "{dtype} voter {i} head {g} slot {slot}: {a} vs {b}");
                     }
                     // Every voting row's probabilities sum to one: total mass = rows × group.
                     let total: f32 = got[i][g].iter().sum();
@@ -286,6 +312,7 @@ mod tests {
                     assert!(got[i][g][seqs[v.seq].1..].iter().all(|&x| x == 0.0), "no mass past the context");
                 }
             }
+          }
         }
         Ok(())
     }
@@ -293,7 +320,7 @@ mod tests {
     #[test]
     fn bad_voters_are_errors() -> Result<()> {
         let shape = KvCacheShape { num_blocks: 2, num_kv_heads: 1, block_size: 16, head_dim: 4 };
-        let cache = PagedKvCache::new(1, shape, DType::F32, &Device::Cpu)?;
+        let cache = PagedKvCache::new(1, shape, KvDtype::F32, &Device::Cpu)?;
         let meta = AttentionMetadata::new(vec![-1], vec![3], vec![vec![0]], vec![1], vec![4], 16, &Device::Cpu)?;
         let q = Tensor::zeros((1, 1, 4), DType::F32, &Device::Cpu)?;
         assert!(attention_mass(&q, &cache.layers[0], &meta, 1.0, &[]).is_err());

@@ -23,14 +23,18 @@ pub mod mass;
 mod simd;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_dtypes;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::{AttentionMetadata, LayerKvCache};
-use crate::elem::{contiguous, dtype_of, to_f32_vec, with_float_type, Elem, KernelFloat};
+use crate::elem::{cache_bytes, contiguous, dtype_of, is_quantized_storage, to_f32_vec, with_float_type, Elem, KernelFloat};
+use crate::paged::kv_dtype::KvDtype;
 
 /// `q`: `[T, num_heads, head_dim]` → `[T, num_heads, head_dim]` in q's dtype (f32, f16 or bf16;
-/// the cache may be any of them too; everything accumulates in f32). Token j of sequence s
+/// the cache may be any [`KvDtype`]: f32/f16/bf16, or int8/fp8 dequantized inside the kernel;
+/// everything accumulates in f32). Token j of sequence s
 /// attends cache entries `[0, context_len_s - q_len_s + j]` through its block table; query head
 /// h reads kv head `h / (num_heads / num_kv_heads)`.
 pub fn paged_attention(
@@ -69,6 +73,15 @@ pub fn paged_attention(
     let q = q.contiguous()?;
     let op = PagedAttention { meta, softmax_scale };
     q.apply_op3_no_bwd(&cache.key, &cache.value, &op)
+}
+
+/// The instruction-set level the CPU attention kernel runs at on this machine (for `doctor`).
+pub fn cpu_attention_level() -> &'static str {
+    match cpu::Level::detect() {
+        cpu::Level::Avx512 => "avx512",
+        cpu::Level::Avx2 => "avx2+fma",
+        cpu::Level::Portable => "portable",
+    }
 }
 
 /// The CustomOp: inputs `(q, key_cache, value_cache)`, metadata and scale carried in the struct.
@@ -111,6 +124,7 @@ impl CustomOp3 for PagedAttention<'_> {
         if dtype_of(key) != dtype_of(value) {
             bail!("{name}: key cache {:?} and value cache {:?} differ", dtype_of(key), dtype_of(value))
         }
+        let kind = KvDtype::from_storage(dtype_of(key))?;
         let geometry = cpu::Geometry { num_heads, num_kv_heads, head_dim, block_size };
         let q_f32;
         let q_slice: &[f32] = match q {
@@ -120,11 +134,19 @@ impl CustomOp3 for PagedAttention<'_> {
                 &q_f32
             }
         };
-        let out = with_float_type!(key, name, C => {
-            let k = contiguous::<C>(key, key_l, name, "key cache")?;
-            let v = contiguous::<C>(value, value_l, name, "value cache")?;
-            cpu::attention(q_slice, k, v, &self.meta.host, &geometry, self.softmax_scale)
-        });
+        let out = if is_quantized_storage(key) {
+            let rows = |data| cpu::QuantRows { data, kind, head_dim, block_size };
+            let k = rows(cache_bytes(key, key_l, name, "key cache")?);
+            let v = rows(cache_bytes(value, value_l, name, "value cache")?);
+            cpu::attention(q_slice, &k, &v, &self.meta.host, &geometry, self.softmax_scale)
+        } else {
+            with_float_type!(key, name, C => {
+                let rows = |data| cpu::FloatRows::<C> { data, head_dim, block_size };
+                let k = rows(contiguous::<C>(key, key_l, name, "key cache")?);
+                let v = rows(contiguous::<C>(value, value_l, name, "value cache")?);
+                cpu::attention(q_slice, &k, &v, &self.meta.host, &geometry, self.softmax_scale)
+            })
+        };
         let storage = with_float_type!(q, name, Q => from_f32::<Q>(out))?;
         Ok((storage, Shape::from((num_tokens, num_heads, head_dim))))
     }

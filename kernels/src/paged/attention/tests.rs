@@ -2,6 +2,7 @@
 //! table into contiguous rows, full softmax in f64.
 
 use super::*;
+use crate::paged::quant::{dequantize_row, quantize_row};
 use crate::paged::{write_kv, KvCacheShape};
 use candle_core::{DType, Device};
 use proptest::prelude::*;
@@ -11,41 +12,42 @@ use rand::{Rng, SeedableRng};
 
 /// A random cache, a batch over it, and the f32 values the cache really holds (after rounding
 /// to its dtype) for the reference.
-struct Case {
-    cache: LayerKvCache,
-    meta: AttentionMetadata,
-    q: Tensor,
-    num_heads: usize,
-    shape: KvCacheShape,
-    tables: Vec<Vec<u32>>,
-    query_lens: Vec<usize>,
-    context_lens: Vec<usize>,
-    key: Vec<f32>,
-    value: Vec<f32>,
+pub(super) struct Case {
+    pub cache: LayerKvCache,
+    pub meta: AttentionMetadata,
+    pub q: Tensor,
+    pub num_heads: usize,
+    pub shape: KvCacheShape,
+    pub tables: Vec<Vec<u32>>,
+    pub query_lens: Vec<usize>,
+    pub context_lens: Vec<usize>,
+    /// What the cache holds as f32: rounded to its dtype, or dequantized (`code · scale`).
+    pub key: Vec<f32>,
+    pub value: Vec<f32>,
 }
 
-struct Spec {
-    block_size: usize,
-    num_kv_heads: usize,
-    group: usize,
-    head_dim: usize,
-    cache_dtype: DType,
-    q_dtype: DType,
+pub(super) struct Spec {
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub group: usize,
+    pub head_dim: usize,
+    pub cache_dtype: KvDtype,
+    pub q_dtype: DType,
 }
 
 impl Spec {
-    fn f32(block_size: usize, num_kv_heads: usize, group: usize, head_dim: usize) -> Self {
-        Self { block_size, num_kv_heads, group, head_dim, cache_dtype: DType::F32, q_dtype: DType::F32 }
+    pub(super) fn f32(block_size: usize, num_kv_heads: usize, group: usize, head_dim: usize) -> Self {
+        Self { block_size, num_kv_heads, group, head_dim, cache_dtype: KvDtype::F32, q_dtype: DType::F32 }
     }
 }
 
-fn uniform(rng: &mut StdRng, n: usize, amplitude: f32) -> Vec<f32> {
+pub(super) fn uniform(rng: &mut StdRng, n: usize, amplitude: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-amplitude..amplitude)).collect()
 }
 
 /// Block tables for `(cached, q_len)` sequences from a pool of physical blocks (shuffled or in
 /// order), plus a few spare blocks nobody owns. Returns (tables, num_blocks).
-fn allocate(rng: &mut StdRng, seqs: &[(usize, usize)], block_size: usize, shuffle: bool) -> (Vec<Vec<u32>>, usize) {
+pub(super) fn allocate(rng: &mut StdRng, seqs: &[(usize, usize)], block_size: usize, shuffle: bool) -> (Vec<Vec<u32>>, usize) {
     let needed: Vec<usize> = seqs.iter().map(|(c, q)| (c + q).div_ceil(block_size)).collect();
     let num_blocks = needed.iter().sum::<usize>() + 3;
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
@@ -57,7 +59,32 @@ fn allocate(rng: &mut StdRng, seqs: &[(usize, usize)], block_size: usize, shuffl
     (tables, num_blocks)
 }
 
-fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tables: Vec<Vec<u32>>, num_blocks: usize) -> Result<Case> {
+/// A cache tensor of `dtype` holding `data` (`[.., head_dim]` f32 rows): cast, or quantized row by
+/// row. Returns it with the f32 values it really holds.
+pub(super) fn cache_tensor(data: Vec<f32>, dims: [usize; 4], dtype: KvDtype) -> Result<(Tensor, Vec<f32>)> {
+    let dev = Device::Cpu;
+    if !dtype.is_quantized() {
+        let t = Tensor::from_vec(data, dims.as_slice(), &dev)?.to_dtype(dtype.storage_dtype())?;
+        let held = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        return Ok((t, held));
+    }
+    let hd = dims[3];
+    let row = dtype.row_len(hd);
+    let mut bytes = vec![0u8; data.len() / hd * row];
+    let mut held = Vec::with_capacity(data.len());
+    for (x, r) in data.chunks_exact(hd).zip(bytes.chunks_exact_mut(row)) {
+        quantize_row(dtype, x, r);
+        held.extend(dequantize_row(dtype, r));
+    }
+    let storage = [dims[0], dims[1], dims[2], row];
+    let t = match dtype {
+        KvDtype::Int8 => Tensor::from_vec(bytes, storage.as_slice(), &dev)?,
+        _ => Tensor::from_vec(bytes.into_iter().map(float8::F8E4M3::from_bits).collect::<Vec<_>>(), storage.as_slice(), &dev)?,
+    };
+    Ok((t, held))
+}
+
+pub(super) fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tables: Vec<Vec<u32>>, num_blocks: usize) -> Result<Case> {
     let shape = KvCacheShape {
         num_blocks,
         num_kv_heads: spec.num_kv_heads,
@@ -67,11 +94,11 @@ fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tables: Vec<Vec
     let dims = shape.kv_dims();
     let n: usize = dims.iter().product();
     let dev = Device::Cpu;
-    let key = Tensor::from_vec(uniform(rng, n, 1.0), dims.as_slice(), &dev)?.to_dtype(spec.cache_dtype)?;
-    let value = Tensor::from_vec(uniform(rng, n, 1.0), dims.as_slice(), &dev)?.to_dtype(spec.cache_dtype)?;
+    let (key_t, key) = cache_tensor(uniform(rng, n, 1.0), dims, spec.cache_dtype)?;
+    let (value_t, value) = cache_tensor(uniform(rng, n, 1.0), dims, spec.cache_dtype)?;
     let mut cache = LayerKvCache::new(shape, spec.cache_dtype, &dev)?;
-    cache.key = key;
-    cache.value = value;
+    cache.key = key_t;
+    cache.value = value_t;
 
     let query_lens: Vec<usize> = seqs.iter().map(|s| s.1).collect();
     let context_lens: Vec<usize> = seqs.iter().map(|(c, q)| c + q).collect();
@@ -96,12 +123,10 @@ fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tables: Vec<Vec
     // Amplitude 3 makes some softmaxes peaky, so max-subtraction errors would show.
     let q = Tensor::from_vec(uniform(rng, num_tokens * num_heads * spec.head_dim, 3.0), (num_tokens, num_heads, spec.head_dim), &dev)?
         .to_dtype(spec.q_dtype)?;
-    let key = cache.key.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let value = cache.value.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     Ok(Case { cache, meta, q, num_heads, shape, tables, query_lens, context_lens, key, value })
 }
 
-fn random_case(seed: u64, spec: &Spec, seqs: &[(usize, usize)], shuffle: bool) -> Result<Case> {
+pub(super) fn random_case(seed: u64, spec: &Spec, seqs: &[(usize, usize)], shuffle: bool) -> Result<Case> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (tables, num_blocks) = allocate(&mut rng, seqs, spec.block_size, shuffle);
     build(&mut rng, spec, seqs, tables, num_blocks)
@@ -109,7 +134,7 @@ fn random_case(seed: u64, spec: &Spec, seqs: &[(usize, usize)], shuffle: bool) -
 
 /// Plain attention: gather the visible keys of each (token, head) through the block table,
 /// softmax in f64, weighted sum of values.
-fn reference(case: &Case, scale: f32) -> Result<Vec<f32>> {
+pub(super) fn reference(case: &Case, scale: f32) -> Result<Vec<f32>> {
     let KvCacheShape { num_kv_heads, block_size, head_dim: hd, .. } = case.shape;
     let group = case.num_heads / num_kv_heads;
     let q: Vec<f32> = case.q.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -147,7 +172,7 @@ fn reference(case: &Case, scale: f32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn assert_matches_reference(case: &Case, tol: f32) -> Result<()> {
+pub(super) fn assert_matches_reference(case: &Case, tol: f32) -> Result<()> {
     let scale = 1.0 / (case.shape.head_dim as f32).sqrt();
     let out = paged_attention(&case.q, &case.cache, &case.meta, scale)?;
     assert_eq!(out.dims(), case.q.dims());
@@ -164,7 +189,7 @@ fn assert_matches_reference(case: &Case, tol: f32) -> Result<()> {
 
 /// Fresh prefill, decode rows, a prefill chunk after cached context, a one-token prompt: all in
 /// one batch, contexts not multiples of the block size.
-const MIXED: [(usize, usize); 5] = [(0, 37), (100, 1), (33, 20), (7, 1), (0, 1)];
+pub(super) const MIXED: [(usize, usize); 5] = [(0, 37), (100, 1), (33, 20), (7, 1), (0, 1)];
 
 #[test]
 fn mixed_batch_matches_reference_for_block_sizes_and_gqa_ratios() -> Result<()> {
@@ -237,11 +262,11 @@ fn sequences_sharing_prefix_blocks_match_reference_and_their_solo_runs() -> Resu
 #[test]
 fn half_precision_caches_match_reference_on_their_rounded_values() -> Result<()> {
     for (cache_dtype, q_dtype, tol) in [
-        (DType::F16, DType::F32, 2e-5),
-        (DType::BF16, DType::F32, 2e-5),
-        (DType::F16, DType::F16, 2e-3),
-        (DType::BF16, DType::BF16, 1.6e-2),
-        (DType::F32, DType::BF16, 1.6e-2),
+        (KvDtype::F16, DType::F32, 2e-5),
+        (KvDtype::Bf16, DType::F32, 2e-5),
+        (KvDtype::F16, DType::F16, 2e-3),
+        (KvDtype::Bf16, DType::BF16, 1.6e-2),
+        (KvDtype::F32, DType::BF16, 1.6e-2),
     ] {
         let spec = Spec { cache_dtype, q_dtype, ..Spec::f32(16, 2, 3, 64) };
         let case = random_case(21, &spec, &MIXED, true)?;
@@ -257,7 +282,7 @@ fn prefill_written_through_write_kv_equals_dense_causal_attention() -> Result<()
     let mut rng = StdRng::seed_from_u64(3);
     let (tokens, kv_heads, group, hd, bs) = (21usize, 2usize, 2usize, 16usize, 8usize);
     let shape = KvCacheShape { num_blocks: 6, num_kv_heads: kv_heads, block_size: bs, head_dim: hd };
-    let cache = LayerKvCache::new(shape, DType::F32, &Device::Cpu)?;
+    let cache = LayerKvCache::new(shape, KvDtype::F32, &Device::Cpu)?;
     let table = vec![5u32, 0, 3];
     let slots = (0..tokens).map(|p| (table[p / bs] as usize * bs + p % bs) as i64).collect();
     let meta = AttentionMetadata::new(slots, (0..tokens as u32).collect(), vec![table], vec![tokens], vec![tokens], bs, &Device::Cpu)?;
@@ -273,23 +298,33 @@ fn prefill_written_through_write_kv_equals_dense_causal_attention() -> Result<()
     )?;
     let out = paged_attention(&Tensor::from_slice(&q, (tokens, kv_heads * group, hd), &dev)?, &cache, &meta, 0.25)?;
     let got: Vec<f32> = out.flatten_all()?.to_vec1()?;
+    let want = dense_causal(&q, &k, &v, kv_heads, group, hd, 0.25);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((*g as f64 - w).abs() < 2e-5, "[{i}]: {g} vs {w}");
+    }
+    Ok(())
+}
+
+/// Dense causal attention in f64 over contiguous rows: q `[T, kv_heads·group, hd]`, k and v
+/// `[T, kv_heads, hd]`; token t attends tokens `0..=t`. Output `[T, kv_heads·group, hd]`.
+pub(super) fn dense_causal(q: &[f32], k: &[f32], v: &[f32], kv_heads: usize, group: usize, hd: usize, scale: f64) -> Vec<f64> {
+    let tokens = k.len() / (kv_heads * hd);
+    let mut out = Vec::with_capacity(q.len());
     for t in 0..tokens {
         for h in 0..kv_heads * group {
             let g = h / group;
             let qr = &q[(t * kv_heads * group + h) * hd..][..hd];
             let scores: Vec<f64> = (0..=t)
-                .map(|i| (0..hd).map(|d| qr[d] as f64 * k[(i * kv_heads + g) * hd + d] as f64).sum::<f64>() * 0.25)
+                .map(|i| (0..hd).map(|d| qr[d] as f64 * k[(i * kv_heads + g) * hd + d] as f64).sum::<f64>() * scale)
                 .collect();
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
             for d in 0..hd {
-                let want: f64 = (0..=t).map(|i| (scores[i] - max).exp() / total * v[(i * kv_heads + g) * hd + d] as f64).sum();
-                let g_ = got[(t * kv_heads * group + h) * hd + d];
-                assert!((g_ as f64 - want).abs() < 2e-5, "t{t} h{h} d{d}: {g_} vs {want}");
+                out.push((0..=t).map(|i| (scores[i] - max).exp() / total * v[(i * kv_heads + g) * hd + d] as f64).sum());
             }
         }
     }
-    Ok(())
+    out
 }
 
 #[test]
@@ -336,7 +371,16 @@ proptest! {
 #[test]
 #[ignore = "timing, not a check"]
 fn decode_step_timing() -> Result<()> {
-    let case = random_case(1, &Spec::f32(16, 3, 3, 64), &[(2047, 1)], true)?;
+    for dtype in KvDtype::ALL {
+        decode_step_timing_for(dtype)?;
+    }
+    Ok(())
+}
+
+fn decode_step_timing_for(dtype: KvDtype) -> Result<()> {
+    let context = std::env::var("KVAULT_TIMING_CONTEXT").ok().and_then(|c| c.parse().ok()).unwrap_or(2048usize);
+    let spec = Spec { cache_dtype: dtype, ..Spec::f32(16, 3, 3, 64) };
+    let case = random_case(1, &spec, &[(context - 1, 1)], true)?;
     let scale = 0.125;
     for _ in 0..50 {
         paged_attention(&case.q, &case.cache, &case.meta, scale)?;
@@ -350,7 +394,7 @@ fn decode_step_timing() -> Result<()> {
     }
     times.sort();
     eprintln!(
-        "paged_attention decode (1 seq, 9 q heads / 3 kv heads, head_dim 64, context 2048, block 16, {} threads): median {:?}, p10 {:?}, p90 {:?}",
+        "paged_attention decode, {dtype} cache (1 seq, 9 q heads / 3 kv heads, head_dim 64, context {context}, block 16, {} threads): median {:?}, p10 {:?}, p90 {:?}",
         rayon::current_num_threads(),
         times[times.len() / 2],
         times[times.len() / 10],

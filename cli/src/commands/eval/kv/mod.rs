@@ -1,6 +1,7 @@
 //! `kvault eval kv`: what a KV budget costs in quality, through the same engine that serves.
 //! Teacher-forced windows of a text, each scored with the full cache and with every
-//! (policy, budget); per policy the mean KL(full ‖ policy), perplexity and top-1 agreement over
+//! (policy, budget); with `--kv-cache-dtype` the policies (and `full`) run with that KV cache
+//! dtype while the reference stays the full cache in the model's dtype. Per policy the mean KL(full ‖ policy), perplexity and top-1 agreement over
 //! the positions past the budget, as a table, a JSON file and a PNG.
 //!
 //! Layout: [`windows`] cuts the text, [`score`] drives the engine and matches rows (or
@@ -21,6 +22,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kvault_engine::handle::EngineHandle;
 use kvault_engine::kv_policy::{KvPolicy, KvPolicyConfig, KvPolicyKind};
+use kvault_kernels::KvDtype;
 
 use crate::args::{EngineArgs, ModelArgs};
 
@@ -83,17 +85,34 @@ pub fn run(args: EvalKvArgs) -> Result<()> {
     let ids = loaded.tokenizer.encode(&text, true).with_context(|| format!("{}: cannot tokenize", args.text.display()))?;
     let windows = windows::windows(&ids, args.context_len, args.stride.unwrap_or(args.context_len), args.max_windows)
         .with_context(|| args.text.display().to_string())?;
+    let reference_dtype = KvDtype::from_float(loaded.model.dtype())?;
+    let kv_dtype = args.engine.kv_cache_dtype.resolve().unwrap_or(reference_dtype);
+    // Another KV dtype: the reference gets an engine of its own, and `full` becomes a scored
+    // run (the full cache in that dtype) instead of the reference row.
+    let separate = kv_dtype != reference_dtype;
+    let mut policies = policies;
+    if separate && args.policies.contains(&KvPolicyKind::Full) {
+        policies.insert(0, KvPolicy::Full);
+    }
     let runs_per_window = 1 + policies.len();
     // Enough windows at once to fill a step's token budget with one chunk per run.
     let per_batch = (args.engine.max_num_batched_tokens / (runs_per_window * args.chunk)).max(1);
-    let engine = EngineHandle::start(loaded, args.engine.config(per_batch * runs_per_window))?;
-    let info = engine.info().clone();
-    if args.context_len > info.max_model_len {
-        bail!(
-            "--context-len {} exceeds what the KV cache holds for a full-cache request ({} tokens): raise --kv-cache-memory",
-            args.context_len,
-            info.max_model_len
-        );
+    let config = args.engine.config(per_batch * runs_per_window);
+    let reference_engine = match separate {
+        true => Some(EngineHandle::start(loaded.clone(), kvault_engine::engine::EngineConfig { kv_cache_dtype: None, ..config.clone() })?),
+        false => None,
+    };
+    let engine = EngineHandle::start(loaded, config)?;
+    let engines = score::Engines { reference: reference_engine.as_ref().unwrap_or(&engine), policies: &engine };
+    for info in [engines.reference.info(), engines.policies.info()] {
+        if args.context_len > info.max_model_len {
+            bail!(
+                "--context-len {} exceeds what the {} KV cache holds for a full-cache request ({} tokens): raise --kv-cache-memory",
+                args.context_len,
+                info.kv_cache_dtype,
+                info.max_model_len
+            );
+        }
     }
     let total_rows = (windows.len() * runs_per_window * (args.context_len - 1)) as u64;
     let bar = ProgressBar::new(total_rows);
@@ -102,10 +121,11 @@ pub fn run(args: EvalKvArgs) -> Result<()> {
             .expect("static progress template is valid"),
     );
     let started = Instant::now();
-    let (reference, scored) = score::score(&engine, &windows, &policies, args.chunk, per_batch, &bar)?;
+    let (reference, scored) = score::score(engines, &windows, &policies, args.chunk, per_batch, &bar)?;
     bar.finish_and_clear();
     let report = report::Report {
         model: args.model.display_name(),
+        kv_cache_dtype: Some((kv_dtype, reference_dtype)),
         text: args.text.display().to_string(),
         context_len: args.context_len,
         chunk: args.chunk,
@@ -113,7 +133,7 @@ pub fn run(args: EvalKvArgs) -> Result<()> {
         elapsed_s: started.elapsed().as_secs_f64(),
         reference,
         scored,
-        include_full: args.policies.contains(&KvPolicyKind::Full),
+        include_full: args.policies.contains(&KvPolicyKind::Full) && !separate,
         has_kl: true,
     };
     publish(&report, &args)
@@ -143,6 +163,7 @@ fn run_remote(args: &EvalKvArgs, url: &str, policies: &[KvPolicy], text: &str) -
     bar.finish_and_clear();
     let report = report::Report {
         model: format!("{url} ({})", args.served_model_name.as_deref().unwrap_or("served model")),
+        kv_cache_dtype: None,
         text: args.text.display().to_string(),
         context_len: args.context_len,
         chunk: 0,

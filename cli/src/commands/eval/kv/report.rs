@@ -7,6 +7,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use kvault_engine::kv_policy::KvPolicy;
+use kvault_kernels::KvDtype;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
@@ -17,6 +18,8 @@ use crate::font::ensure_font;
 
 pub struct Report {
     pub model: String,
+    /// (the policies' KV cache dtype, the reference's = the model's); `None` against a server.
+    pub kv_cache_dtype: Option<(KvDtype, KvDtype)>,
     pub text: String,
     pub context_len: usize,
     pub chunk: usize,
@@ -43,8 +46,13 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let chunking = if self.chunk > 0 { format!("chunks of {}", self.chunk) } else { "the server's chunking".into() };
+        let dtype = match self.kv_cache_dtype {
+            Some((kv, reference)) if kv != reference => format!(", KV cache {kv} (reference: the full cache in {reference})"),
+            Some((kv, _)) => format!(", KV cache {kv}"),
+            None => String::new(),
+        };
         let mut out = format!(
-            "{} on {}: {} window(s) of {} tokens, {chunking}, {:.1} s\n\
+            "{} on {}: {} window(s) of {} tokens, {chunking}{dtype}, {:.1} s\n\
              Scored positions are those past each budget (the full cache: all).\n\n\
              | policy | budget | mean KL(full ‖ policy) | perplexity | full-cache perplexity (same positions) | top-1 agreement | positions |\n\
              |---|---:|---:|---:|---:|---:|---:|\n",
@@ -90,6 +98,8 @@ impl Report {
             "chunk": self.chunk,
             "windows": self.windows,
             "elapsed_s": self.elapsed_s,
+            "kv_cache_dtype": self.kv_cache_dtype.map(|(kv, _)| kv.name()),
+            "reference_kv_cache_dtype": self.kv_cache_dtype.map(|(_, reference)| reference.name()),
             "full_ppl": self.reference.ppl(),
             "results": results,
         })
@@ -103,15 +113,17 @@ impl Report {
     /// the same positions as a dashed line (positions past a larger budget are fewer and later).
     pub fn write_png(&self, path: &Path) -> Result<()> {
         ensure_font()?;
+        // Budgeted runs only (with another KV dtype, `full` is a scored run without a budget).
+        let budgeted: Vec<&Scored> = self.scored.iter().filter(|s| s.policy.budget().is_some()).collect();
         let kinds: Vec<_> = {
-            let mut k: Vec<_> = self.scored.iter().map(|s| s.policy.kind()).collect();
+            let mut k: Vec<_> = budgeted.iter().map(|s| s.policy.kind()).collect();
             k.dedup();
             k
         };
         if kinds.is_empty() {
             return Err(anyhow!("--plot needs at least one budgeted policy"));
         }
-        let budgets: Vec<usize> = self.scored.iter().filter_map(|s| s.policy.budget()).collect();
+        let budgets: Vec<usize> = budgeted.iter().filter_map(|s| s.policy.budget()).collect();
         let (lo, hi) = (*budgets.iter().min().unwrap_or(&1) as f64, *budgets.iter().max().unwrap_or(&2) as f64);
         let x_range = (lo / 1.3)..(hi * 1.3);
         let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
@@ -127,8 +139,7 @@ impl Report {
             .map_err(|e| err(&e))?;
         let panels = body.split_evenly((1, 2));
         // The full cache's perplexity over each budget's scored positions (same for every policy).
-        let mut full_line: Vec<(f64, f64)> = self
-            .scored
+        let mut full_line: Vec<(f64, f64)> = budgeted
             .iter()
             .filter(|s| s.tally.positions > 0)
             .map(|s| (s.policy.budget().unwrap_or(0) as f64, s.tally.ppl_full()))
@@ -139,8 +150,7 @@ impl Report {
             kinds
                 .iter()
                 .map(|k| {
-                    let pts = self
-                        .scored
+                    let pts = budgeted
                         .iter()
                         .filter(|s| s.policy.kind() == *k && s.tally.positions > 0)
                         .map(|s| (s.policy.budget().unwrap_or(0) as f64, metric(&s.tally)))

@@ -4,6 +4,9 @@
 //! logits of every prompt position; positions are matched across runs and scored as they arrive,
 //! so memory holds about one chunk of rows per run, not whole windows.
 //!
+//! The reference runs on its own engine when the policies run with another KV cache dtype
+//! (`--kv-cache-dtype`): the reference is always the full cache in the model's dtype.
+//!
 //! Owns: batching windows, matching rows, and the tallies. Must not know: files, tables or plots.
 
 use std::collections::HashMap;
@@ -34,10 +37,18 @@ struct Run {
     policy: Option<usize>,
 }
 
+/// The engines runs go to: the full-cache reference, and the policies (the same engine unless
+/// the policies use another KV cache dtype).
+#[derive(Clone, Copy)]
+pub struct Engines<'a> {
+    pub reference: &'a EngineHandle,
+    pub policies: &'a EngineHandle,
+}
+
 /// Scores `policies` against the full cache on every window. `windows_per_batch` windows (each
 /// with its reference and every policy) share the engine at once.
 pub fn score(
-    engine: &EngineHandle,
+    engine: Engines,
     windows: &[Vec<u32>],
     policies: &[KvPolicy],
     chunk: usize,
@@ -55,7 +66,7 @@ pub fn score(
 
 #[allow(clippy::too_many_arguments)]
 fn score_batch(
-    engine: &EngineHandle,
+    engines: Engines,
     windows: &[Vec<u32>],
     first_window: usize,
     policies: &[KvPolicy],
@@ -76,6 +87,7 @@ fn score_batch(
         req.kv = run.policy.map_or(KvPolicy::Full, |p| policies[p]);
         req.prompt_logits = true;
         req.max_chunk_tokens = Some(chunk);
+        let engine = if run.policy.is_some() { engines.policies } else { engines.reference };
         let mut stream = engine
             .submit(req)
             .map_err(kv::submit_error)
@@ -203,7 +215,8 @@ mod tests {
         let windows = super::super::windows::windows(&ids, 160, 120, Some(3)).unwrap();
         let policies = [KvPolicy::Streaming { budget: 40, sink_tokens: 4 }, KvPolicy::H2o { budget: 48, recent_window: 16 }];
         let engine = EngineHandle::start(model, EngineConfig { cache_budget: CacheBudget::Blocks(512), ..Default::default() }).unwrap();
-        let (reference, scored) = score(&engine, &windows, &policies, 16, 2, &ProgressBar::hidden()).unwrap();
+        let engines = Engines { reference: &engine, policies: &engine };
+        let (reference, scored) = score(engines, &windows, &policies, 16, 2, &ProgressBar::hidden()).unwrap();
 
         // Direct: collect whole runs one at a time, then the textbook formulas.
         let (mut want_ref, mut want) = ((0f64, 0usize), vec![(0f64, 0f64, 0usize, 0usize); policies.len()]);

@@ -71,9 +71,9 @@ pub struct RetrievalArgs {
 }
 
 /// Flags that configure an in-process model and engine, meaningless against a server.
-const ENGINE_FLAGS: [&str; 10] = [
+const ENGINE_FLAGS: [&str; 11] = [
     "dtype", "device", "block_size", "kv_cache_memory", "num_blocks", "max_model_len", "max_num_seqs",
-    "max_num_batched_tokens", "scheduler", "no_prefix_caching",
+    "max_num_batched_tokens", "scheduler", "no_prefix_caching", "kv_cache_dtype",
 ];
 
 /// A comma-separated flag value: at least one item, none twice.
