@@ -116,9 +116,7 @@ pub fn config_from_hf_json(text: &str, origin: &str) -> Result<ModelConfig> {
 }
 
 fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let origin = format!("embedded {}", embedded::NAME);
-    let config = config_from_hf_json(embedded::CONFIG_JSON, &format!("{origin} config.json"))?;
-    let weights = SafetensorsWeights::from_static(embedded::MODEL_SAFETENSORS, &origin)?;
+    let (config, weights) = embedded_weights()?;
     let tokenizer = Tokenizer::from_bytes(embedded::TOKENIZER_JSON)?;
     let special_tokens = SpecialTokens::from_json_texts(
         Some(embedded::CONFIG_JSON),
@@ -137,13 +135,9 @@ fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
 }
 
 fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("{}: cannot read", config_path.display()))?;
-    let config = config_from_hf_json(&text, &config_path.display().to_string())?;
+    let (config, weights) = folder_weights(dir)?;
     let tokenizer = load_side_tokenizer(dir)?
         .with_context(|| format!("{}: no tokenizer.json in the model folder", dir.display()))?;
-    let weights = SafetensorsWeights::open_dir(dir)?;
     let special_tokens = SpecialTokens::from_model_dir(dir, &tokenizer)?;
     let chat_template = ChatTemplate::from_model_dir(dir)?;
     let model = Transformer::load(config, &weights, dtype, device)?;
@@ -157,21 +151,8 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel>
 }
 
 fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let file = Arc::new(GgufFile::open(path)?);
+    let (file, config, weights) = gguf_weights(path, dequantize, device)?;
     let md = file.metadata();
-    let has_head = GgufWeights::new(file.clone(), None, false).contains(WeightName::LmHead);
-    let arch = file.architecture()?;
-    let config = match arch {
-        "llama" => llama::config_from_gguf(md, has_head),
-        "qwen2" => qwen2::config_from_gguf(md, has_head),
-        "qwen3" => qwen3::config_from_gguf(md, has_head),
-        other => bail!("{}: unsupported GGUF architecture `{other}` (supported: llama, qwen2, qwen3)", path.display()),
-    }
-    .with_context(|| path.display().to_string())?;
-    config.validate().with_context(|| path.display().to_string())?;
-    // llama.cpp's converter interleaves Q/K rows of llama-family models only.
-    let qk_heads = (config.architecture == Architecture::Llama).then_some((config.num_heads, config.num_kv_heads));
-    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize);
 
     let side_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tokenizer = match load_side_tokenizer(side_dir)? {
@@ -189,7 +170,6 @@ fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Re
             _ => None,
         },
     };
-    let config = apply_rope_freqs(config, &weights, device)?;
     let model = Transformer::load(config, &weights, dtype, device)?;
     Ok(LoadedModel {
         model: Arc::new(model),
@@ -198,6 +178,60 @@ fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Re
         chat_template,
         weights_description: if dequantize { format!("gguf, dequantized to {dtype:?}") } else { "gguf, quantized".into() },
     })
+}
+
+/// A model's normalized config and its weights, without building the network: what
+/// `kvault train-gates` needs to build its own differentiable forward. `dequantize` turns GGUF
+/// matrices dense on request.
+pub fn open_weights(source: &ModelSource, dequantize: bool, device: &Device) -> Result<(ModelConfig, Box<dyn WeightSource>)> {
+    Ok(match source {
+        ModelSource::Embedded => {
+            let (c, w) = embedded_weights()?;
+            (c, Box::new(w))
+        }
+        ModelSource::Folder(dir) => {
+            let (c, w) = folder_weights(dir)?;
+            (c, Box::new(w))
+        }
+        ModelSource::Gguf(path) => {
+            let (_, c, w) = gguf_weights(path, dequantize, device)?;
+            (c, Box::new(w))
+        }
+    })
+}
+
+fn embedded_weights() -> Result<(ModelConfig, SafetensorsWeights)> {
+    let origin = format!("embedded {}", embedded::NAME);
+    let config = config_from_hf_json(embedded::CONFIG_JSON, &format!("{origin} config.json"))?;
+    Ok((config, SafetensorsWeights::from_static(embedded::MODEL_SAFETENSORS, &origin)?))
+}
+
+fn folder_weights(dir: &Path) -> Result<(ModelConfig, SafetensorsWeights)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let config = config_from_hf_json(&text, &config_path.display().to_string())?;
+    Ok((config, SafetensorsWeights::open_dir(dir)?))
+}
+
+fn gguf_weights(path: &Path, dequantize: bool, device: &Device) -> Result<(Arc<GgufFile>, ModelConfig, GgufWeights)> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let md = file.metadata();
+    let has_head = GgufWeights::new(file.clone(), None, false).contains(WeightName::LmHead);
+    let arch = file.architecture()?;
+    let config = match arch {
+        "llama" => llama::config_from_gguf(md, has_head),
+        "qwen2" => qwen2::config_from_gguf(md, has_head),
+        "qwen3" => qwen3::config_from_gguf(md, has_head),
+        other => bail!("{}: unsupported GGUF architecture `{other}` (supported: llama, qwen2, qwen3)", path.display()),
+    }
+    .with_context(|| path.display().to_string())?;
+    config.validate().with_context(|| path.display().to_string())?;
+    // llama.cpp's converter interleaves Q/K rows of llama-family models only.
+    let qk_heads = (config.architecture == Architecture::Llama).then_some((config.num_heads, config.num_kv_heads));
+    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize);
+    let config = apply_rope_freqs(config, &weights, device)?;
+    Ok((file, config, weights))
 }
 
 /// Llama 3.1 GGUFs store their RoPE scaling as per-frequency divisors.
