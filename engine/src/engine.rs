@@ -10,6 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use kvault_models::gates::RetentionGates;
 use kvault_models::model::LoadedModel;
 use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, RequestView, Scheduler, StepDecision, StepInput};
 
@@ -65,6 +66,8 @@ pub struct Engine {
     seqs: HashMap<u64, Sequence>,
     /// Eviction state of the requests that may outgrow their KV budget.
     budgets: HashMap<u64, RequestBudget>,
+    /// The model's retention gates (`kv_policy trimkv`), when it has any.
+    retention_gates: Option<Arc<RetentionGates>>,
     num_layers: usize,
     num_kv_heads: usize,
     /// Admission order: the last is the newest, the first preemption victim.
@@ -105,6 +108,7 @@ impl Engine {
             special_tokens: model.special_tokens.clone(),
             chat_template: model.chat_template.clone(),
             weights_description: model.weights_description.clone(),
+            retention_gates: model.retention_gates.is_some(),
         });
         stats.set_blocks(size.num_blocks, kv.num_free_blocks());
         Ok(Self {
@@ -117,6 +121,7 @@ impl Engine {
             config,
             seqs: HashMap::new(),
             budgets: HashMap::new(),
+            retention_gates: model.retention_gates.clone(),
             num_layers: cfg.num_layers,
             num_kv_heads: cfg.num_kv_heads,
             running: Vec::new(),
@@ -376,7 +381,7 @@ impl Engine {
         let result = if budgeted.is_empty() {
             self.runner.run(&entries, None)
         } else {
-            let mut evictor = Evictor { seqs: budgeted, block_size: bs };
+            let mut evictor = Evictor { seqs: budgeted, block_size: bs, gates: self.retention_gates.as_deref() };
             self.runner.run(&entries, Some(&mut evictor))
         };
         let logits = match result {

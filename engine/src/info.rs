@@ -28,6 +28,8 @@ pub struct EngineInfo {
     pub special_tokens: SpecialTokens,
     pub chat_template: Option<ChatTemplate>,
     pub weights_description: String,
+    /// Whether the model has retention gates loaded (`kv_policy trimkv` needs them).
+    pub retention_gates: bool,
 }
 
 impl EngineInfo {

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::chat_template::ChatTemplate;
 use crate::config::{Architecture, ModelConfig};
 use crate::embedded;
+use crate::gates::{LayerGate, RetentionGates};
 use crate::layers::Transformer;
 use crate::source::ModelSource;
 use crate::special_tokens::SpecialTokens;
@@ -50,6 +51,9 @@ pub struct LayerAttention<'a> {
     pub layer: usize,
     /// `[tokens, num_heads, head_dim]`, after RoPE (and q-norm): the queries that attended.
     pub q: &'a Tensor,
+    /// `[tokens, hidden]`: the layer's normalized input (what the q/k/v projections saw), from
+    /// which learned retention gates compute each new token's `log β`.
+    pub hidden: &'a Tensor,
     /// The layer's cache, this step's K/V already written.
     pub cache: &'a LayerKvCache,
     pub meta: &'a AttentionMetadata,
@@ -86,6 +90,36 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
     /// What the weights are, for logs and `kvault doctor`: "safetensors f32", "gguf Q4_1 (quantized)".
     pub weights_description: String,
+    /// TRIM-KV retention gates for this model (f32, on the model's device), when loaded: what
+    /// `kv_policy trimkv` ranks by.
+    pub retention_gates: Option<Arc<RetentionGates>>,
+}
+
+impl LoadedModel {
+    /// Attaches retention gates after checking they were made for this model (layers, width,
+    /// KV heads); the error names what differs.
+    pub fn with_retention_gates(mut self, gates: RetentionGates) -> Result<Self> {
+        let c = self.model.config();
+        gates.check_fits(c.num_layers, c.hidden_size, c.num_kv_heads)?;
+        let device = self.model.device().clone();
+        let on_device = RetentionGates {
+            layers: gates
+                .to_f32()?
+                .layers
+                .into_iter()
+                .map(|g| {
+                    Ok(LayerGate {
+                        w1: g.w1.to_device(&device)?,
+                        b1: g.b1.to_device(&device)?,
+                        w2: g.w2.to_device(&device)?,
+                        bias: g.bias.to_device(&device)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        self.retention_gates = Some(Arc::new(on_device));
+        Ok(self)
+    }
 }
 
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
@@ -131,6 +165,7 @@ fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
         special_tokens,
         chat_template: None,
         weights_description: format!("safetensors (embedded), {dtype:?}"),
+        retention_gates: None,
     })
 }
 
@@ -147,6 +182,7 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel>
         special_tokens,
         chat_template,
         weights_description: format!("safetensors, {dtype:?}"),
+        retention_gates: None,
     })
 }
 
@@ -177,6 +213,7 @@ fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Re
         special_tokens,
         chat_template,
         weights_description: if dequantize { format!("gguf, dequantized to {dtype:?}") } else { "gguf, quantized".into() },
+        retention_gates: None,
     })
 }
 
