@@ -44,13 +44,13 @@ pub struct TrainGatesArgs {
     #[arg(long, required = true)]
     pub data: Vec<PathBuf>,
     /// M: the per-head budget the capacity loss trains for.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub budget: u64,
+    #[arg(long)]
+    pub budget: usize,
     /// Tokens per training window.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(2..))]
-    pub seq_len: u64,
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub steps: u64,
+    #[arg(long, default_value_t = 1024)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 1000)]
+    pub steps: usize,
     #[arg(long, default_value_t = 2e-4)]
     pub lr: f64,
     /// Warm-up steps (linear). Default: a tenth of `--steps`, at most 100.
@@ -62,8 +62,8 @@ pub struct TrainGatesArgs {
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
     /// Hidden width of each layer's gate MLP.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
-    pub hidden: u64,
+    #[arg(long, default_value_t = 512)]
+    pub hidden: usize,
     /// Initial per-head bias: β ≈ σ(bias) ≈ 1 at the start, so early training forgets nothing.
     #[arg(long, default_value_t = 18.0)]
     pub bias_init: f64,
@@ -87,13 +87,19 @@ pub struct TrainGatesArgs {
 }
 
 pub fn run(a: TrainGatesArgs) -> Result<()> {
+    // Checked here rather than by clap so each is a one-line error naming its flag.
+    for (flag, value, min) in [("--budget", a.budget, 1), ("--seq-len", a.seq_len, 2), ("--steps", a.steps, 1), ("--hidden", a.hidden, 1)] {
+        if value < min {
+            bail!("{flag}: must be at least {min}, got {value}");
+        }
+    }
     if !(0.0..1.0).contains(&a.holdout) {
         bail!("--holdout: must be in [0, 1), got {}", a.holdout);
     }
     if !(a.lr > 0.0) {
         bail!("--lr: must be positive, got {}", a.lr);
     }
-    let (seq_len, steps, budget, hidden) = (a.seq_len as usize, a.steps as usize, a.budget as usize, a.hidden as usize);
+    let (seq_len, steps, budget, hidden) = (a.seq_len, a.steps, a.budget, a.hidden);
     let source = ModelSource::parse(a.model.as_deref())?;
     let tokenizer = load_model(&source, &LoadOptions::default())?.tokenizer;
     let corpus = Corpus::load(&a.data, &tokenizer, a.holdout, seq_len + 1)?;
