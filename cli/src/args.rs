@@ -4,13 +4,16 @@
 //! Every flag value is checked by clap's value parsers, so a bad value is a one-line error that
 //! names the flag, and nothing is loaded before the command line is known to be valid.
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use kvault_engine::engine::EngineConfig;
 use kvault_engine::sampler::SamplingParams;
 use kvault_engine::sizing::{parse_bytes, CacheBudget};
 use kvault_kernels::KvDtype;
+use kvault_models::gates::{gates_beside_model, load_gates, RetentionGates};
 use kvault_models::model::{load_model, LoadOptions, LoadedModel};
 use kvault_models::source::ModelSource;
 use kvault_scheduler::PolicyKind;
@@ -28,6 +31,10 @@ pub struct ModelArgs {
     /// Device: `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// TRIM-KV retention gates for `--kv-policy trimkv` (from `kvault train-gates`). Default:
+    /// `trimkv_gates.safetensors` beside the model (in its folder), or the embedded model's own.
+    #[arg(long)]
+    pub kv_gates: Option<std::path::PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -51,13 +58,35 @@ impl ModelArgs {
             tracing::warn!("half-precision compute on CPU upcasts on every matmul; f32 is faster here");
         }
         let source = ModelSource::parse(self.model.as_deref())?;
-        load_model(&source, &LoadOptions { device, dtype })
+        let loaded = load_model(&source, &LoadOptions { device, dtype })?;
+        match find_gates(&source, self.kv_gates.as_deref())? {
+            Some(gates) => loaded.with_retention_gates(gates).context("--kv-gates"),
+            None => Ok(loaded),
+        }
     }
 
     /// The name the model is served and reported under.
     pub fn display_name(&self) -> String {
         self.model.clone().unwrap_or_else(|| kvault_models::embedded::NAME.to_string())
     }
+}
+
+/// The model's retention gates: `--kv-gates` when given (it must load), else the documented file
+/// beside the model (a broken one is an error too: the user put it there), else the embedded
+/// model's own; `None` when there are none (only `trimkv` requests need them).
+fn find_gates(source: &ModelSource, flag: Option<&Path>) -> Result<Option<RetentionGates>> {
+    let path = match (flag, source) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, ModelSource::Embedded) => return Ok(Some(kvault_models::embedded::retention_gates()?)),
+        (None, ModelSource::Folder(p) | ModelSource::Gguf(p)) => {
+            let beside = gates_beside_model(p);
+            if !beside.is_file() {
+                return Ok(None);
+            }
+            beside
+        }
+    };
+    Ok(Some(load_gates(&path, &Device::Cpu).context("--kv-gates")?.gates))
 }
 
 pub fn parse_device(text: &str) -> Result<Device> {

@@ -26,7 +26,7 @@ pub struct KvArgs {
     /// do not set `kv_policy`.
     #[arg(long, value_parser = policy_parser())]
     pub kv_policy: Option<KvPolicyKind>,
-    /// Tokens a request keeps per KV head per layer (streaming, h2o, snapkv).
+    /// Tokens a request keeps per KV head per layer (streaming, h2o, snapkv, trimkv).
     #[arg(long, value_parser = parse_count, allow_negative_numbers = true)]
     pub kv_budget: Option<usize>,
     /// streaming: leading tokens always kept (default 4).
@@ -108,10 +108,11 @@ pub fn submit_error(e: SubmitError) -> anyhow::Error {
 pub struct KvFields {
     /// Which tokens the request keeps once it holds more than `kv_budget`: `full` keeps every
     /// token; `streaming` (StreamingLLM: sinks + recent window), `h2o` (heavy hitters + recent),
-    /// `snapkv` (prompt compressed by the attention of its last tokens).
+    /// `snapkv` (prompt compressed by the attention of its last tokens), `trimkv` (learned
+    /// retention gates; the server must have gates for its model).
     #[schema(value_type = Option<KvPolicyName>)]
     pub kv_policy: Option<String>,
-    /// Tokens kept per KV head per layer (streaming, h2o, snapkv).
+    /// Tokens kept per KV head per layer (streaming, h2o, snapkv, trimkv).
     #[schema(minimum = 1)]
     pub kv_budget: Option<usize>,
     /// streaming: leading tokens always kept (default 4).
@@ -141,6 +142,8 @@ pub enum KvPolicyName {
     H2o,
     #[schema(rename = "snapkv")]
     SnapKv,
+    #[schema(rename = "trimkv")]
+    TrimKv,
 }
 
 /// SnapKV's vote pooling (`kv_snapkv_pooling`).
@@ -184,6 +187,7 @@ pub fn policy_json(p: &KvPolicy) -> Value {
         KvPolicy::SnapKv { budget, window, kernel, pooling } => json!({
             "policy": "snapkv", "budget": budget, "snapkv_window": window, "snapkv_kernel": kernel, "snapkv_pooling": pooling.as_str(),
         }),
+        KvPolicy::TrimKv { budget } => json!({"policy": "trimkv", "budget": budget}),
     };
     v["description"] = json!(p.describe());
     v
@@ -200,6 +204,7 @@ pub fn request_fields(p: &KvPolicy) -> Value {
             "kv_policy": "snapkv", "kv_budget": budget, "kv_snapkv_window": window, "kv_snapkv_kernel": kernel,
             "kv_snapkv_pooling": pooling.as_str(),
         }),
+        KvPolicy::TrimKv { budget } => json!({"kv_policy": "trimkv", "kv_budget": budget}),
     }
 }
 

@@ -33,6 +33,8 @@ enum Command {
     /// What KV policies cost in quality: perplexity and KL to the full cache, retrieval accuracy.
     #[command(subcommand)]
     Eval(commands::eval::EvalCommand),
+    /// Fit TRIM-KV retention gates for a model on the CPU (for `--kv-policy trimkv`).
+    TrainGates(commands::train_gates::TrainGatesArgs),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA), the KV
     /// cache bytes per token of a model in each KV cache dtype, and the offload tier.
     Doctor(commands::doctor::DoctorArgs),
@@ -47,6 +49,7 @@ fn main() {
         Command::Serve(a) => commands::serve::run(a),
         Command::Bench(c) => commands::bench::run(c),
         Command::Eval(c) => commands::eval::run(c),
+        Command::TrainGates(a) => commands::train_gates::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
     };
     if let Err(e) = result {

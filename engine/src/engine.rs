@@ -14,6 +14,7 @@ mod tier;
 
 use anyhow::{Context, Result};
 use kvault_kernels::KvDtype;
+use kvault_models::gates::RetentionGates;
 use kvault_models::model::LoadedModel;
 use kvault_scheduler::{Budgets, FinishKind, PolicyConfig, PolicyKind, PoolView, RequestView, Scheduler, StepDecision, StepInput};
 
@@ -76,6 +77,8 @@ pub struct Engine {
     seqs: HashMap<u64, Sequence>,
     /// Eviction state of the requests that may outgrow their KV budget.
     budgets: HashMap<u64, RequestBudget>,
+    /// The model's retention gates (`kv_policy trimkv`), when it has any.
+    retention_gates: Option<Arc<RetentionGates>>,
     num_layers: usize,
     num_kv_heads: usize,
     /// Admission order: the last is the newest, the first preemption victim.
@@ -131,6 +134,7 @@ impl Engine {
             chat_template: model.chat_template.clone(),
             weights_description: model.weights_description.clone(),
             offload: offload.as_ref().map(Offload::describe),
+            retention_gates: model.retention_gates.is_some(),
         });
         stats.set_blocks(size.num_blocks, kv.num_free_blocks());
         Ok(Self {
@@ -143,6 +147,7 @@ impl Engine {
             config,
             seqs: HashMap::new(),
             budgets: HashMap::new(),
+            retention_gates: model.retention_gates.clone(),
             num_layers: cfg.num_layers,
             num_kv_heads: cfg.num_kv_heads,
             running: Vec::new(),
@@ -412,7 +417,7 @@ impl Engine {
         let result = if budgeted.is_empty() {
             self.runner.run(&entries, None)
         } else {
-            let mut evictor = Evictor { seqs: budgeted, block_size: bs };
+            let mut evictor = Evictor { seqs: budgeted, block_size: bs, gates: self.retention_gates.as_deref() };
             self.runner.run(&entries, Some(&mut evictor))
         };
         if let Some(off) = self.offload.as_mut() {

@@ -36,6 +36,8 @@ pub struct EngineInfo {
     pub weights_description: String,
     /// The offload tier's configuration and what its disk held at start-up, when configured.
     pub offload: Option<String>,
+    /// Whether the model has retention gates loaded (`kv_policy trimkv` needs them).
+    pub retention_gates: bool,
 }
 
 impl EngineInfo {

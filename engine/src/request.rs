@@ -10,7 +10,8 @@ use kvault_scheduler::footprint;
 
 use crate::info::EngineInfo;
 use crate::sink::EventSink;
-use crate::kv_policy::KvPolicy;
+use crate::kv_policy::trimkv::NO_GATES_HINT;
+use crate::kv_policy::{KvPolicy, KvPolicyKind};
 use crate::sampler::SamplingParams;
 
 pub struct NewRequest {
@@ -67,6 +68,12 @@ impl NewRequest {
             SamplingParams { max_tokens: 1, ..self.params.clone() }.validate(info.vocab_size).map_err(invalid)?;
         } else {
             self.params.validate(info.vocab_size).map_err(invalid)?;
+        }
+        if self.kv.kind() == KvPolicyKind::TrimKv && !info.retention_gates {
+            return Err(SubmitError::InvalidParam {
+                param: "kv_policy".into(),
+                message: format!("trimkv needs retention gates for this model and none are loaded; {NO_GATES_HINT}"),
+            });
         }
         // A budgeted request never holds more than its budget plus a chunk, so its length is
         // bounded by the model's context; one that keeps everything must fit the cache.

@@ -200,7 +200,7 @@ mod tests {
         s.add_kv_evicted(KvPolicyKind::H2o, 10);
         s.add_kv_evicted(KvPolicyKind::Streaming, 3);
         let snap = s.snapshot();
-        assert_eq!(snap.kv_policies.len(), 4);
+        assert_eq!(snap.kv_policies.len(), KvPolicyKind::ALL.len());
         let h2o = snap.kv_policies.iter().find(|c| c.policy == KvPolicyKind::H2o).unwrap();
         assert_eq!((h2o.requests, h2o.evicted_tokens), (2, 10));
         let streaming = snap.kv_policies.iter().find(|c| c.policy == KvPolicyKind::Streaming).unwrap();

@@ -63,7 +63,9 @@ fn budget_equal_to_length_is_bit_identical_to_full(model: fn() -> LoadedModel, n
         assert_eq!(g.done.kv.tokens_evicted, 0, "request {i} ({policy})");
     }
     let stats = engine.stats();
-    assert!(stats.kv_policies.iter().all(|c| c.requests > 0), "{:?}", stats.kv_policies);
+    // Every policy this batch mixed ran (trimkv needs gates: tests/trimkv.rs covers it).
+    let mut used = stats.kv_policies.iter().filter(|c| c.policy != kvault_engine::kv_policy::KvPolicyKind::TrimKv);
+    assert!(used.all(|c| c.requests > 0), "{:?}", stats.kv_policies);
     engine.check_idle().unwrap();
 }
 

@@ -10,3 +10,12 @@ pub const TOKENIZER_CONFIG_JSON: &str = include_str!("../assets/stories260K/toke
 pub const TOKENIZER_JSON: &[u8] = include_bytes!("../assets/stories260K/tokenizer.json");
 pub const MODEL_SAFETENSORS: &[u8] = include_bytes!("../assets/stories260K/model.safetensors");
 pub const LICENSE: &str = include_str!("../assets/stories260K/LICENSE");
+/// TRIM-KV retention gates trained for this model with `kvault train-gates` (provenance in
+/// assets/stories260K/trimkv_gates.json), so `--kv-policy trimkv` works with no arguments.
+pub const TRIMKV_GATES_SAFETENSORS: &[u8] = include_bytes!("../assets/stories260K/trimkv_gates.safetensors");
+
+/// The embedded retention gates, on the CPU.
+pub fn retention_gates() -> anyhow::Result<crate::gates::RetentionGates> {
+    let origin = format!("embedded {NAME} trimkv_gates.safetensors");
+    Ok(crate::gates::read_gates(TRIMKV_GATES_SAFETENSORS, &origin, &candle_core::Device::Cpu)?.gates)
+}

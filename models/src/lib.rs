@@ -12,6 +12,7 @@
 pub mod chat_template;
 pub mod config;
 pub mod embedded;
+pub mod gates;
 pub mod hub;
 pub mod layers;
 pub mod llama;
@@ -21,4 +22,5 @@ pub mod qwen3;
 pub mod source;
 pub mod special_tokens;
 pub mod tokenizer;
+pub mod training;
 pub mod weights;

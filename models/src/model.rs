@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::chat_template::ChatTemplate;
 use crate::config::{Architecture, ModelConfig};
 use crate::embedded;
+use crate::gates::{LayerGate, RetentionGates};
 use crate::layers::Transformer;
 use crate::source::ModelSource;
 use crate::special_tokens::SpecialTokens;
@@ -50,6 +51,9 @@ pub struct LayerAttention<'a> {
     pub layer: usize,
     /// `[tokens, num_heads, head_dim]`, after RoPE (and q-norm): the queries that attended.
     pub q: &'a Tensor,
+    /// `[tokens, hidden]`: the layer's normalized input (what the q/k/v projections saw), from
+    /// which learned retention gates compute each new token's `log β`.
+    pub hidden: &'a Tensor,
     /// The layer's cache, this step's K/V already written.
     pub cache: &'a LayerKvCache,
     pub meta: &'a AttentionMetadata,
@@ -87,6 +91,36 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
     /// What the weights are, for logs and `kvault doctor`: "safetensors f32", "gguf Q4_1 (quantized)".
     pub weights_description: String,
+    /// TRIM-KV retention gates for this model (f32, on the model's device), when loaded: what
+    /// `kv_policy trimkv` ranks by.
+    pub retention_gates: Option<Arc<RetentionGates>>,
+}
+
+impl LoadedModel {
+    /// Attaches retention gates after checking they were made for this model (layers, width,
+    /// KV heads); the error names what differs.
+    pub fn with_retention_gates(mut self, gates: RetentionGates) -> Result<Self> {
+        let c = self.model.config();
+        gates.check_fits(c.num_layers, c.hidden_size, c.num_kv_heads)?;
+        let device = self.model.device().clone();
+        let on_device = RetentionGates {
+            layers: gates
+                .to_f32()?
+                .layers
+                .into_iter()
+                .map(|g| {
+                    Ok(LayerGate {
+                        w1: g.w1.to_device(&device)?,
+                        b1: g.b1.to_device(&device)?,
+                        w2: g.w2.to_device(&device)?,
+                        bias: g.bias.to_device(&device)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+        };
+        self.retention_gates = Some(Arc::new(on_device));
+        Ok(self)
+    }
 }
 
 pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedModel> {
@@ -117,9 +151,7 @@ pub fn config_from_hf_json(text: &str, origin: &str) -> Result<ModelConfig> {
 }
 
 fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let origin = format!("embedded {}", embedded::NAME);
-    let config = config_from_hf_json(embedded::CONFIG_JSON, &format!("{origin} config.json"))?;
-    let weights = SafetensorsWeights::from_static(embedded::MODEL_SAFETENSORS, &origin)?;
+    let (config, weights) = embedded_weights()?;
     let tokenizer = Tokenizer::from_bytes(embedded::TOKENIZER_JSON)?;
     let special_tokens = SpecialTokens::from_json_texts(
         Some(embedded::CONFIG_JSON),
@@ -134,17 +166,14 @@ fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
         special_tokens,
         chat_template: None,
         weights_description: format!("safetensors (embedded), {dtype:?}"),
+        retention_gates: None,
     })
 }
 
 fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .with_context(|| format!("{}: cannot read", config_path.display()))?;
-    let config = config_from_hf_json(&text, &config_path.display().to_string())?;
+    let (config, weights) = folder_weights(dir)?;
     let tokenizer = load_side_tokenizer(dir)?
         .with_context(|| format!("{}: no tokenizer.json in the model folder", dir.display()))?;
-    let weights = SafetensorsWeights::open_dir(dir)?;
     let special_tokens = SpecialTokens::from_model_dir(dir, &tokenizer)?;
     let chat_template = ChatTemplate::from_model_dir(dir)?;
     let model = Transformer::load(config, &weights, dtype, device)?;
@@ -154,25 +183,13 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel>
         special_tokens,
         chat_template,
         weights_description: format!("safetensors, {dtype:?}"),
+        retention_gates: None,
     })
 }
 
 fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let file = Arc::new(GgufFile::open(path)?);
+    let (file, config, weights) = gguf_weights(path, dequantize, device)?;
     let md = file.metadata();
-    let has_head = GgufWeights::new(file.clone(), None, false).contains(WeightName::LmHead);
-    let arch = file.architecture()?;
-    let config = match arch {
-        "llama" => llama::config_from_gguf(md, has_head),
-        "qwen2" => qwen2::config_from_gguf(md, has_head),
-        "qwen3" => qwen3::config_from_gguf(md, has_head),
-        other => bail!("{}: unsupported GGUF architecture `{other}` (supported: llama, qwen2, qwen3)", path.display()),
-    }
-    .with_context(|| path.display().to_string())?;
-    config.validate().with_context(|| path.display().to_string())?;
-    // llama.cpp's converter interleaves Q/K rows of llama-family models only.
-    let qk_heads = (config.architecture == Architecture::Llama).then_some((config.num_heads, config.num_kv_heads));
-    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize);
 
     let side_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tokenizer = match load_side_tokenizer(side_dir)? {
@@ -190,7 +207,6 @@ fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Re
             _ => None,
         },
     };
-    let config = apply_rope_freqs(config, &weights, device)?;
     let model = Transformer::load(config, &weights, dtype, device)?;
     Ok(LoadedModel {
         model: Arc::new(model),
@@ -198,7 +214,62 @@ fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Re
         special_tokens,
         chat_template,
         weights_description: if dequantize { format!("gguf, dequantized to {dtype:?}") } else { "gguf, quantized".into() },
+        retention_gates: None,
     })
+}
+
+/// A model's normalized config and its weights, without building the network: what
+/// `kvault train-gates` needs to build its own differentiable forward. `dequantize` turns GGUF
+/// matrices dense on request.
+pub fn open_weights(source: &ModelSource, dequantize: bool, device: &Device) -> Result<(ModelConfig, Box<dyn WeightSource>)> {
+    Ok(match source {
+        ModelSource::Embedded => {
+            let (c, w) = embedded_weights()?;
+            (c, Box::new(w))
+        }
+        ModelSource::Folder(dir) => {
+            let (c, w) = folder_weights(dir)?;
+            (c, Box::new(w))
+        }
+        ModelSource::Gguf(path) => {
+            let (_, c, w) = gguf_weights(path, dequantize, device)?;
+            (c, Box::new(w))
+        }
+    })
+}
+
+fn embedded_weights() -> Result<(ModelConfig, SafetensorsWeights)> {
+    let origin = format!("embedded {}", embedded::NAME);
+    let config = config_from_hf_json(embedded::CONFIG_JSON, &format!("{origin} config.json"))?;
+    Ok((config, SafetensorsWeights::from_static(embedded::MODEL_SAFETENSORS, &origin)?))
+}
+
+fn folder_weights(dir: &Path) -> Result<(ModelConfig, SafetensorsWeights)> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let config = config_from_hf_json(&text, &config_path.display().to_string())?;
+    Ok((config, SafetensorsWeights::open_dir(dir)?))
+}
+
+fn gguf_weights(path: &Path, dequantize: bool, device: &Device) -> Result<(Arc<GgufFile>, ModelConfig, GgufWeights)> {
+    let file = Arc::new(GgufFile::open(path)?);
+    let md = file.metadata();
+    let has_head = GgufWeights::new(file.clone(), None, false).contains(WeightName::LmHead);
+    let arch = file.architecture()?;
+    let config = match arch {
+        "llama" => llama::config_from_gguf(md, has_head),
+        "qwen2" => qwen2::config_from_gguf(md, has_head),
+        "qwen3" => qwen3::config_from_gguf(md, has_head),
+        other => bail!("{}: unsupported GGUF architecture `{other}` (supported: llama, qwen2, qwen3)", path.display()),
+    }
+    .with_context(|| path.display().to_string())?;
+    config.validate().with_context(|| path.display().to_string())?;
+    // llama.cpp's converter interleaves Q/K rows of llama-family models only.
+    let qk_heads = (config.architecture == Architecture::Llama).then_some((config.num_heads, config.num_kv_heads));
+    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize);
+    let config = apply_rope_freqs(config, &weights, device)?;
+    Ok((file, config, weights))
 }
 
 /// Llama 3.1 GGUFs store their RoPE scaling as per-frequency divisors.

@@ -7,3 +7,4 @@ pub mod generate;
 pub mod generate_batch;
 pub mod bench;
 pub mod serve;
+pub mod train_gates;

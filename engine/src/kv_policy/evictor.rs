@@ -12,7 +12,10 @@
 
 use anyhow::{ensure, Result};
 use kvault_kernels::{attention_mass, move_slots, MassVoter, SlotMoves};
+use kvault_models::gates::RetentionGates;
 use kvault_models::model::{AttentionObserver, LayerAttention};
+
+use super::retention::new_tokens_log_beta;
 
 use super::rule::{Chunk, EvictionRule};
 use super::slots::{compact, RequestSlots};
@@ -35,11 +38,37 @@ pub struct BudgetedSeq<'a> {
 pub struct Evictor<'a> {
     pub seqs: Vec<BudgetedSeq<'a>>,
     pub block_size: usize,
+    /// The model's retention gates, for rules that rank by learned retention (`trimkv`).
+    pub gates: Option<&'a RetentionGates>,
 }
 
 impl Evictor<'_> {
     fn physical(&self, table: &[u32], slot: usize) -> u32 {
         table[slot / self.block_size] * self.block_size as u32 + (slot % self.block_size) as u32
+    }
+}
+
+impl Evictor<'_> {
+    /// Stores each new token's `log β` (per KV head) as its slot's score, for the requests whose
+    /// rule ranks by retention; one gate forward for all of them.
+    fn score_retention(&mut self, a: &LayerAttention<'_>) -> Result<()> {
+        let users: Vec<usize> = (0..self.seqs.len()).filter(|&i| self.seqs[i].rule.uses_retention()).collect();
+        if users.is_empty() {
+            return Ok(());
+        }
+        let gates = self.gates.ok_or_else(|| anyhow::anyhow!("kv_policy trimkv needs retention gates, and none are loaded"))?;
+        let gate = gates.layers.get(a.layer).ok_or_else(|| anyhow::anyhow!("the retention gates have no layer {}", a.layer))?;
+        let batch_seqs: Vec<usize> = users.iter().map(|&i| self.seqs[i].seq).collect();
+        let log_beta = new_tokens_log_beta(gate, a.hidden, a.meta, &batch_seqs)?;
+        for (&i, per_token) in users.iter().zip(log_beta) {
+            let s = &mut self.seqs[i];
+            for (h, head) in s.slots.layers[a.layer].iter_mut().enumerate() {
+                for (j, token) in per_token.iter().enumerate() {
+                    head.score[s.held_before + j] = token[h];
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -53,6 +82,7 @@ impl AttentionObserver for Evictor<'_> {
                 head.push_chunk(s.start_pos, s.chunk.q_len);
             }
         }
+        self.score_retention(&a)?;
         // One mass computation for every row that votes, across requests.
         let voting: Vec<(usize, MassVoter)> = self
             .seqs

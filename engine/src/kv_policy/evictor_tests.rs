@@ -99,8 +99,9 @@ fn run(policy: KvPolicy) -> Vec<Vec<u32>> {
                 slots: &mut slots,
             }],
             block_size: BS,
+            gates: None,
         };
-        evictor.after_attention(LayerAttention { layer: 0, q: &q, cache: layer, meta: &meta, softmax_scale: SCALE }).unwrap();
+        evictor.after_attention(LayerAttention { layer: 0, q: &q, hidden: &q, cache: layer, meta: &meta, softmax_scale: SCALE }).unwrap();
         pos += q_len;
         held = ctx.min(BUDGET);
         // The cache's slot_pos for slots [0, held) is exactly the host's picture: no held slot

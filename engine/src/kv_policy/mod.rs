@@ -3,7 +3,7 @@
 //!
 //! - [`spec`]: the request-facing settings and their validation;
 //! - [`rule`]: the interface each policy implements, one file each: [`streaming`], [`h2o`],
-//!   [`snapkv`];
+//!   [`snapkv`], [`trimkv`] (learned retention; its `log β` comes from [`retention`]);
 //! - [`slots`]: which token each slot holds per (layer, head), and the compaction that keeps a
 //!   request in slots `[0, budget)`;
 //! - [`evictor`]: the per-layer hook that scores, chooses and moves inside the forward.
@@ -25,6 +25,8 @@ pub mod slots;
 pub mod snapkv;
 pub mod spec;
 pub mod streaming;
+pub mod retention;
+pub mod trimkv;
 
 pub use request::RequestBudget;
 pub use rule::{rule_for, Chunk, EvictionRule};

@@ -12,6 +12,7 @@ use super::slots::HeadSlots;
 use super::snapkv::SnapKv;
 use super::spec::KvPolicy;
 use super::streaming::Streaming;
+use super::trimkv::TrimKv;
 
 /// What this step computes for the request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,11 @@ pub trait EvictionRule: Send + Sync {
     fn observe(&self, head: &mut HeadSlots, mass: &[f32], chunk: Chunk);
     /// Exactly `budget` slots to keep (`head.len() > budget`).
     fn keep(&self, head: &HeadSlots, budget: usize, chunk: Chunk) -> Vec<bool>;
+    /// Whether the rule ranks by learned retention: the evictor then computes each new token's
+    /// `log β` per KV head with the model's retention gates and stores it as the slot's score.
+    fn uses_retention(&self) -> bool {
+        false
+    }
 }
 
 /// The rule that runs `policy`; `None` for `full`.
@@ -39,5 +45,6 @@ pub fn rule_for(policy: &KvPolicy) -> Option<Box<dyn EvictionRule>> {
         KvPolicy::Streaming { sink_tokens, .. } => Some(Box::new(Streaming { sink_tokens })),
         KvPolicy::H2o { recent_window, .. } => Some(Box::new(H2o { recent_window })),
         KvPolicy::SnapKv { window, kernel, pooling, .. } => Some(Box::new(SnapKv { window, kernel, pooling })),
+        KvPolicy::TrimKv { .. } => Some(Box::new(TrimKv)),
     }
 }

@@ -2,7 +2,7 @@
 //! ([`KvPolicyConfig`], every field optional so server defaults can fill the gaps) and as the
 //! engine runs it ([`KvPolicy`], validated, defaults applied).
 //!
-//! Owns: the names users type (`full`, `streaming`, `h2o`, `snapkv`; `kv_budget`,
+//! Owns: the names users type (`full`, `streaming`, `h2o`, `snapkv`, `trimkv`; `kv_budget`,
 //! `kv_sink_tokens`, …), the defaults of every parameter, and every rule that makes a
 //! combination invalid, each error naming the request field at fault. Must not know how a
 //! policy evicts (its own module) nor HTTP or flags (the cli crate maps those onto this).
@@ -22,10 +22,13 @@ pub enum KvPolicyKind {
     H2o,
     /// SnapKV: the last prompt queries vote (pooled); decode evicts the oldest unselected token.
     SnapKv,
+    /// TRIM-KV: learned retention gates; keep the tokens with the highest `β^(t − pos)`.
+    TrimKv,
 }
 
 impl KvPolicyKind {
-    pub const ALL: [KvPolicyKind; 4] = [KvPolicyKind::Full, KvPolicyKind::Streaming, KvPolicyKind::H2o, KvPolicyKind::SnapKv];
+    pub const ALL: [KvPolicyKind; 5] =
+        [KvPolicyKind::Full, KvPolicyKind::Streaming, KvPolicyKind::H2o, KvPolicyKind::SnapKv, KvPolicyKind::TrimKv];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,6 +36,7 @@ impl KvPolicyKind {
             KvPolicyKind::Streaming => "streaming",
             KvPolicyKind::H2o => "h2o",
             KvPolicyKind::SnapKv => "snapkv",
+            KvPolicyKind::TrimKv => "trimkv",
         }
     }
 }
@@ -49,7 +53,7 @@ impl FromStr for KvPolicyKind {
         KvPolicyKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown KV policy `{s}` (expected one of: full, streaming, h2o, snapkv)"))
+            .ok_or_else(|| format!("unknown KV policy `{s}` (expected one of: full, streaming, h2o, snapkv, trimkv)"))
     }
 }
 
@@ -115,6 +119,8 @@ pub enum KvPolicy {
     Streaming { budget: usize, sink_tokens: usize },
     H2o { budget: usize, recent_window: usize },
     SnapKv { budget: usize, window: usize, kernel: usize, pooling: Pooling },
+    /// Needs retention gates for the model (the engine refuses it without them).
+    TrimKv { budget: usize },
 }
 
 impl KvPolicy {
@@ -124,6 +130,7 @@ impl KvPolicy {
             KvPolicy::Streaming { .. } => KvPolicyKind::Streaming,
             KvPolicy::H2o { .. } => KvPolicyKind::H2o,
             KvPolicy::SnapKv { .. } => KvPolicyKind::SnapKv,
+            KvPolicy::TrimKv { .. } => KvPolicyKind::TrimKv,
         }
     }
 
@@ -131,7 +138,10 @@ impl KvPolicy {
     pub fn budget(&self) -> Option<usize> {
         match *self {
             KvPolicy::Full => None,
-            KvPolicy::Streaming { budget, .. } | KvPolicy::H2o { budget, .. } | KvPolicy::SnapKv { budget, .. } => Some(budget),
+            KvPolicy::Streaming { budget, .. }
+            | KvPolicy::H2o { budget, .. }
+            | KvPolicy::SnapKv { budget, .. }
+            | KvPolicy::TrimKv { budget } => Some(budget),
         }
     }
 
@@ -144,6 +154,7 @@ impl KvPolicy {
             KvPolicy::SnapKv { budget, window, kernel, pooling } => {
                 format!("snapkv (budget {budget}, window {window}, {}-pool {kernel})", pooling.as_str())
             }
+            KvPolicy::TrimKv { budget } => format!("trimkv (budget {budget})"),
         }
     }
 }
@@ -200,7 +211,7 @@ impl KvPolicyConfig {
         };
         let budget = match (kind, self.budget) {
             (KvPolicyKind::Full, Some(_)) => {
-                return Err(err("kv_budget", "kv_policy full keeps every token; choose streaming, h2o or snapkv to set a budget"))
+                return Err(err("kv_budget", "kv_policy full keeps every token; choose streaming, h2o, snapkv or trimkv to set a budget"))
             }
             (KvPolicyKind::Full, None) => 0,
             (_, None) => return Err(err("kv_budget", format!("kv_policy {kind} needs a kv_budget (tokens kept per KV head per layer)"))),
@@ -251,6 +262,7 @@ impl KvPolicyConfig {
                 }
                 KvPolicy::SnapKv { budget, window, kernel, pooling: self.snapkv_pooling.unwrap_or_default() }
             }
+            KvPolicyKind::TrimKv => KvPolicy::TrimKv { budget },
         })
     }
 }
@@ -272,6 +284,8 @@ mod tests {
             cfg(KvPolicyKind::SnapKv, Some(64)).resolve(),
             Ok(KvPolicy::SnapKv { budget: 64, window: 32, kernel: 5, pooling: Pooling::Avg })
         );
+        assert_eq!(cfg(KvPolicyKind::TrimKv, Some(64)).resolve(), Ok(KvPolicy::TrimKv { budget: 64 }));
+        assert_eq!("trimkv".parse::<KvPolicyKind>(), Ok(KvPolicyKind::TrimKv));
     }
 
     #[test]
@@ -288,6 +302,8 @@ mod tests {
         assert_eq!(param(KvPolicyConfig { sink_tokens: Some(4), ..cfg(KvPolicyKind::H2o, Some(64)) }), "kv_sink_tokens");
         assert_eq!(param(KvPolicyConfig { recent_window: Some(4), ..cfg(KvPolicyKind::Streaming, Some(64)) }), "kv_recent_window");
         assert_eq!(param(KvPolicyConfig { snapkv_pooling: Some(Pooling::Max), ..cfg(KvPolicyKind::H2o, Some(64)) }), "kv_snapkv_pooling");
+        assert_eq!(param(cfg(KvPolicyKind::TrimKv, Some(0))), "kv_budget");
+        assert_eq!(param(KvPolicyConfig { sink_tokens: Some(4), ..cfg(KvPolicyKind::TrimKv, Some(64)) }), "kv_sink_tokens");
         assert!("lru".parse::<KvPolicyKind>().is_err());
     }
 

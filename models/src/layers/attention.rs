@@ -80,7 +80,7 @@ impl Attention {
         write_kv(cache, &k, &v, meta)?;
         let attn = paged_attention(&q, cache, meta, self.softmax_scale)?;
         if let Some(observer) = observer {
-            observer.after_attention(LayerAttention { layer, q: &q, cache, meta, softmax_scale: self.softmax_scale })?;
+            observer.after_attention(LayerAttention { layer, q: &q, hidden: x, cache, meta, softmax_scale: self.softmax_scale })?;
         }
         self.o.forward(&attn.reshape((tokens, self.num_heads * self.head_dim))?)
     }

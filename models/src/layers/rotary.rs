@@ -38,6 +38,12 @@ impl RotaryEmbedding {
         })
     }
 
+    /// The `[max_positions, head_dim/2]` cos and sin tables (the training forward applies RoPE
+    /// with plain tensor ops from them).
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }

@@ -33,7 +33,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use kvault_engine::handle::EngineHandle;
-use kvault_engine::kv_policy::KvPolicy;
+use kvault_engine::kv_policy::trimkv::NO_GATES_HINT;
+use kvault_engine::kv_policy::{KvPolicy, KvPolicyKind};
 use kvault_models::chat_template::ChatTemplate;
 use kvault_scheduler::sla::SlaConfig;
 use tokio::net::TcpListener;
@@ -145,6 +146,10 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
             return finish_server(&mut server, Duration::from_secs(2)).await;
         }
     };
+    if kv_default.kind() == KvPolicyKind::TrimKv && !engine.info().retention_gates {
+        // The process exits with this error; the listener goes with it.
+        anyhow::bail!("--kv-policy trimkv: no retention gates for this model; {NO_GATES_HINT}");
+    }
     let info = engine.info();
     if let Some(source) = template_source {
         let special = &info.special_tokens;

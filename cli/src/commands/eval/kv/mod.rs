@@ -44,7 +44,8 @@ pub struct EvalKvArgs {
     /// Score at most this many windows.
     #[arg(long)]
     pub max_windows: Option<usize>,
-    /// Policies to compare with the full cache (comma-separated).
+    /// Policies to compare with the full cache (comma-separated; `trimkv` needs the model's
+    /// retention gates, see --kv-gates).
     #[arg(long, value_delimiter = ',', default_value = "full,streaming,h2o,snapkv")]
     pub policies: Vec<KvPolicyKind>,
     /// Budgets (tokens per KV head per layer), each run with every budgeted policy.

@@ -36,7 +36,7 @@ pub struct RetrievalArgs {
     /// Hide needles in this text file (split into sentences) instead of RULER's repeated filler.
     #[arg(long)]
     pub haystack: Option<PathBuf>,
-    /// KV policies to evaluate, comma-separated: full, streaming, h2o, snapkv. Every prompt
+    /// KV policies to evaluate, comma-separated: full, streaming, h2o, snapkv, trimkv. Every prompt
     /// runs under each (the budgeted ones once per --budgets value).
     #[arg(long, default_value = "full", value_parser = parse_list::<PolicyName>)]
     pub policies: List<PolicyName>,
@@ -71,8 +71,8 @@ pub struct RetrievalArgs {
 }
 
 /// Flags that configure an in-process model and engine, meaningless against a server.
-const ENGINE_FLAGS: [&str; 11] = [
-    "dtype", "device", "block_size", "kv_cache_memory", "num_blocks", "max_model_len", "max_num_seqs",
+const ENGINE_FLAGS: [&str; 12] = [
+    "dtype", "device", "kv_gates", "block_size", "kv_cache_memory", "num_blocks", "max_model_len", "max_num_seqs",
     "max_num_batched_tokens", "scheduler", "no_prefix_caching", "kv_cache_dtype",
 ];
 
@@ -184,7 +184,7 @@ impl RetrievalArgs {
             bail!("--budgets: {} needs at least one budget (e.g. --budgets 128,256)", budgeted[0]);
         }
         if !budgets.is_empty() && budgeted.is_empty() {
-            bail!("--budgets: --policies full keeps every token; add streaming, h2o or snapkv to use a budget");
+            bail!("--budgets: --policies full keeps every token; add streaming, h2o, snapkv or trimkv to use a budget");
         }
         let mut policies = Vec::new();
         for &PolicyName(kind) in &self.policies.0 {

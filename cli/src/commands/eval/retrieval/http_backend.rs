@@ -156,6 +156,7 @@ pub fn policy_fields(policy: &KvPolicy) -> Vec<(&'static str, Value)> {
             ("kv_snapkv_kernel", json!(kernel)),
             ("kv_snapkv_pooling", json!(pooling.as_str())),
         ]),
+        KvPolicy::TrimKv { budget } => fields.push(("kv_budget", json!(budget))),
     }
     fields
 }
