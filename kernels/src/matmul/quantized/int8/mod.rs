@@ -1,0 +1,179 @@
+//! `y ≈ x Wᵀ` with x quantized to 8 bits per 32-element block and integer dot products, for
+//! Q4_0 / Q4_1 / Q8_0 weights: the `MatmulPrecision::Int8` path of [`super::QuantizedMatrix`].
+//!
+//! Why: a batch-1 decode spends its time turning 4-bit weights into f32 and multiplying them
+//! into f32 activations. With x rounded to 8 bits, one integer instruction (`vpdpbusd` on
+//! AVX-512 VNNI, `vpmaddubsw` + `vpmaddwd` on AVX2) multiplies 64 (32) weights into x and the
+//! f32 work is left to one scale per block.
+//!
+//! What holds: each x row is quantized on its own ([`quant`]) and every output element goes
+//! through one fixed sequence of operations ([`scalar`] spells it out), so a token gets the
+//! same bits alone or in any batch, exactly as on the exact path. The three kernels (scalar,
+//! AVX2, AVX-512 VNNI) compute the same integers and the same f32 operations in the same order,
+//! so they agree bit for bit with each other: unlike the exact path, results do not change with
+//! the CPU's vector width. What does not hold: equality with the f32 product — x's rounding
+//! (half a step of `max|x_block| / 127`) is an error of its own, measured in perplexity and
+//! greedy agreement by the model tests.
+//!
+//! Must not know: models, layers or where the weights came from.
+
+mod pack;
+mod quant;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(test)]
+mod tests;
+
+use candle_core::quantized::GgmlDType;
+use candle_core::Result;
+use rayon::prelude::*;
+
+pub use pack::Packed;
+#[cfg(target_arch = "x86_64")]
+use super::driver::store;
+use quant::Rows;
+
+/// x rows that share one pass over a weight block in the SIMD kernels.
+const GROUP: usize = 4;
+/// Weight rows per rayon task (a multiple of every register tile's row count).
+const ROWS_PER_TASK: usize = 48;
+
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q8_0: u8 = 2;
+
+/// The weight formats this path covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl Format {
+    pub fn of(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// Bytes of weight integers per pair of blocks in [`pack`]'s layout.
+    fn pair_bytes(self) -> usize {
+        if self == Self::Q8_0 {
+            64
+        } else {
+            32
+        }
+    }
+}
+
+/// Which int8 kernel runs; chosen once per CPU ([`Kernel::best`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni512,
+}
+
+impl Kernel {
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx512::available() {
+                return Self::Vnni512;
+            }
+            if avx2::available() {
+                return Self::Avx2;
+            }
+        }
+        Self::Scalar
+    }
+
+    /// Every kernel this CPU can run (for tests).
+    #[cfg(test)]
+    pub fn all_here() -> Vec<Self> {
+        #[allow(unused_mut)]
+        let mut v = vec![Self::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2::available() {
+                v.push(Self::Avx2);
+            }
+            if avx512::available() {
+                v.push(Self::Vnni512);
+            }
+        }
+        v
+    }
+
+    /// What the weights as this kernel reads them exceed the true integers by: VNNI multiplies
+    /// unsigned weights, so Q8_0 is read as q + 128 and Q4_0 as q + 8 (its nibble); the AVX2
+    /// kernel takes Q8_0's sign into x instead; the scalar kernel uses the true integers.
+    fn offset(self, format: Format) -> i32 {
+        match (self, format) {
+            (Self::Scalar, _) | (_, Format::Q4_1) => 0,
+            (_, Format::Q4_0) => 8,
+            #[cfg(target_arch = "x86_64")]
+            (Self::Avx2, Format::Q8_0) => 0,
+            #[cfg(target_arch = "x86_64")]
+            (Self::Vnni512, Format::Q8_0) => 128,
+        }
+    }
+}
+
+/// `x` row-major `[m, k]` times the `n` packed weight rows → `[m, n]`.
+pub fn matmul(kernel: Kernel, w: &Packed, x: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
+    let rows = Rows::new(x, m, k, kernel.offset(w.format), w.format == Format::Q4_1);
+    let task = |row0: usize, part: &mut [f32]| match kernel {
+        Kernel::Scalar => scalar::rows_dot(w, row0, &rows, m, part),
+        // SAFETY: the kernel was chosen by `Kernel::best`/`all_here`, which checked the CPU;
+        // `rows` was quantized for this kernel and format; `part` holds m × (rows of this task)
+        // values, all within the n rows `w` holds.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe {
+            match w.format {
+                Format::Q4_0 => avx2::rows_dot::<Q4_0>(w, row0, &rows, m, part),
+                Format::Q4_1 => avx2::rows_dot::<Q4_1>(w, row0, &rows, m, part),
+                Format::Q8_0 => avx2::rows_dot::<Q8_0>(w, row0, &rows, m, part),
+            }
+        },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Vnni512 => unsafe {
+            match w.format {
+                Format::Q4_0 => avx512::rows_dot::<Q4_0>(w, row0, &rows, m, part),
+                Format::Q4_1 => avx512::rows_dot::<Q4_1>(w, row0, &rows, m, part),
+                Format::Q8_0 => avx512::rows_dot::<Q8_0>(w, row0, &rows, m, part),
+            }
+        },
+    };
+    if m == 1 {
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, part)| task(t * ROWS_PER_TASK, part));
+        return Ok(out);
+    }
+    let parts: Vec<Vec<f32>> = (0..n.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .map(|t| {
+            let r0 = t * ROWS_PER_TASK;
+            let mut part = vec![0f32; m * ROWS_PER_TASK.min(n - r0)];
+            task(r0, &mut part);
+            part
+        })
+        .collect();
+    Ok(super::gather(&parts, m, n, ROWS_PER_TASK))
+}
+
+/// The end of every element: block b's lanes folded onto block b+1's, then the canonical tree.
+#[inline]
+fn fold(lanes: &[f32; quant::LANES]) -> f32 {
+    let folded: [f32; 8] = std::array::from_fn(|i| lanes[i] + lanes[i + 8]);
+    crate::matmul::reduce8(folded)
+}
