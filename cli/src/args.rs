@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use kvault_engine::engine::EngineConfig;
 use kvault_engine::sampler::SamplingParams;
 use kvault_engine::sizing::{parse_bytes, CacheBudget};
+use kvault_kernels::MatmulPrecision;
 use kvault_models::model::{load_model, LoadOptions, LoadedModel};
 use kvault_models::source::ModelSource;
 use kvault_scheduler::PolicyKind;
@@ -27,6 +28,17 @@ pub struct ModelArgs {
     /// Device: `cpu` or `cuda:N` (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Activations of quantized (Q4_0/Q4_1/Q8_0) GGUF matmuls on CPU. `exact`: f32, equal to
+    /// the dequantized weights' product up to rounding; `int8`: rounded to 8 bits per 32 values
+    /// with integer dot products (faster, still batch-invariant). See the README's Determinism.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Exact)]
+    pub matmul_precision: PrecisionArg,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    Exact,
+    Int8,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -50,7 +62,11 @@ impl ModelArgs {
             tracing::warn!("half-precision compute on CPU upcasts on every matmul; f32 is faster here");
         }
         let source = ModelSource::parse(self.model.as_deref())?;
-        load_model(&source, &LoadOptions { device, dtype })
+        let matmul_precision = match self.matmul_precision {
+            PrecisionArg::Exact => MatmulPrecision::Exact,
+            PrecisionArg::Int8 => MatmulPrecision::Int8,
+        };
+        load_model(&source, &LoadOptions { device, dtype, matmul_precision })
     }
 
     /// The name the model is served and reported under.
