@@ -29,15 +29,17 @@ pub struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Activations of quantized (Q4_0/Q4_1/Q8_0) GGUF matmuls on CPU. `exact`: f32, equal to
-    /// the dequantized weights' product up to rounding; `int8`: rounded to 8 bits per 32 values
-    /// with integer dot products (faster, still batch-invariant). See the README's Determinism.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Exact)]
+    /// the dequantized weights' product up to rounding; `int16`: rounded to 16 bits per 32 values,
+    /// integer dot products; `int8`: 8 bits (16 in the attention projections), fastest. All are
+    /// batch-invariant. See the README's Determinism section.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Int16)]
     pub matmul_precision: PrecisionArg,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {
     Exact,
+    Int16,
     Int8,
 }
 
@@ -64,6 +66,7 @@ impl ModelArgs {
         let source = ModelSource::parse(self.model.as_deref())?;
         let matmul_precision = match self.matmul_precision {
             PrecisionArg::Exact => MatmulPrecision::Exact,
+            PrecisionArg::Int16 => MatmulPrecision::Int16,
             PrecisionArg::Int8 => MatmulPrecision::Int8,
         };
         load_model(&source, &LoadOptions { device, dtype, matmul_precision })

@@ -208,6 +208,7 @@ fn load_gguf(
             (true, _) => format!("gguf, dequantized to {dtype:?}"),
             (false, MatmulPrecision::Exact) => "gguf, quantized".into(),
             (false, MatmulPrecision::Int8) => "gguf, quantized, int8 activations".into(),
+            (false, MatmulPrecision::Int16) => "gguf, quantized, int16 activations".into(),
         },
     })
 }

@@ -139,8 +139,20 @@ impl WeightSource for GgufWeights {
         if self.dequantize || float {
             Ok(MatrixWeight::Dense(q.dequantize(device)?.to_dtype(dtype)?))
         } else {
-            Ok(MatrixWeight::Quantized(Arc::new(q), self.precision))
+            Ok(MatrixWeight::Quantized(Arc::new(q), precision_for(name, self.precision)))
         }
+    }
+}
+
+/// The activation precision of one matrix. `Int8` keeps the attention projections at 16 bits:
+/// that is where 8-bit activations cost the most perplexity (SmolLM2-135M: +1.7% with every
+/// matrix at 8 bits, +0.4% with Q/K/V/O exact).
+fn precision_for(name: WeightName, asked: MatmulPrecision) -> MatmulPrecision {
+    match (asked, name) {
+        (MatmulPrecision::Int8, WeightName::Q(_) | WeightName::K(_) | WeightName::V(_) | WeightName::O(_)) => {
+            MatmulPrecision::Int16
+        }
+        (p, _) => p,
     }
 }
 

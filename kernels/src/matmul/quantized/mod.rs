@@ -18,9 +18,9 @@
 //! only on its own x row and weight row: a token gets the same bits alone, in a decode batch,
 //! or inside a prefill chunk.
 //!
-//! With [`MatmulPrecision::Int8`] the Q4_0 / Q4_1 / Q8_0 matrices take [`int8`] instead: x is
-//! quantized to 8 bits per block (each row on its own, so batch invariance still holds) and the
-//! products are integer dot products. Other formats ignore the setting.
+//! With [`MatmulPrecision::Int8`] or `Int16` the Q4_0 / Q4_1 / Q8_0 matrices take [`int8`]
+//! instead: x is quantized to 8 (16) bits per block (each row on its own, so batch invariance
+//! still holds) and the products are integer dot products. Other formats ignore the setting.
 //!
 //! Must not know: models, layers, or where the weights came from (GGUF or a quantization pass).
 
@@ -67,8 +67,8 @@ enum Weights {
     #[cfg(target_arch = "x86_64")]
     Packed(Arc<pack::Packed>, Fused),
     Blocks(Arc<QTensor>),
-    /// The int8-activation layout and the kernel this CPU runs it with.
-    Int8(Arc<int8::Packed>, int8::Kernel),
+    /// The int8-dot-product layout, the kernel this CPU runs it with, and x's 8-bit levels.
+    Int8(Arc<int8::Packed>, int8::Kernel, usize),
 }
 
 /// How a quantized matmul treats the activations.
@@ -80,6 +80,20 @@ pub enum MatmulPrecision {
     /// x rounded to 8 bits per 32-element block (per row), integer dot products (Q4_0, Q4_1,
     /// Q8_0; other formats stay exact). Batch-invariant, and the same bits on every CPU.
     Int8,
+    /// As `Int8` with x held to 16 bits as two 8-bit levels (two integer dot products): a
+    /// rounding error 256 times smaller for a little more integer work.
+    Int16,
+}
+
+impl MatmulPrecision {
+    /// 8-bit levels x is held in on the int8 path (none on the exact one).
+    fn levels(self) -> usize {
+        match self {
+            Self::Exact => 0,
+            Self::Int8 => 1,
+            Self::Int16 => 2,
+        }
+    }
 }
 
 impl QuantizedMatrix {
@@ -103,9 +117,9 @@ impl QuantizedMatrix {
             bail!("quantized matrix: row length {in_dim} is not a multiple of the {dtype:?} block size {bs}")
         }
         let row_bytes = in_dim / bs * dtype.type_size();
-        if precision == MatmulPrecision::Int8 && int8::Format::of(dtype).is_some() && q.device().is_cpu() {
+        if precision != MatmulPrecision::Exact && int8::Format::of(dtype).is_some() && q.device().is_cpu() {
             let packed = int8::Packed::new(dtype, &q.data()?, out_dim, in_dim)?;
-            let weights = Weights::Int8(Arc::new(packed), int8::Kernel::best());
+            let weights = Weights::Int8(Arc::new(packed), int8::Kernel::best(), precision.levels());
             return Ok(Self { weights, dtype, out_dim, in_dim, row_bytes });
         }
         #[cfg(target_arch = "x86_64")]
@@ -137,13 +151,14 @@ impl QuantizedMatrix {
             #[cfg(target_arch = "x86_64")]
             Weights::Packed(p, _) => p.size_in_bytes(),
             Weights::Blocks(_) => self.out_dim * self.row_bytes,
-            Weights::Int8(p, _) => p.size_in_bytes(),
+            Weights::Int8(p, ..) => p.size_in_bytes(),
         }
     }
 
     /// Which precision the activations get here (`Exact` for formats without an int8 kernel).
     pub fn precision(&self) -> MatmulPrecision {
         match self.weights {
+            Weights::Int8(.., 2) => MatmulPrecision::Int16,
             Weights::Int8(..) => MatmulPrecision::Int8,
             _ => MatmulPrecision::Exact,
         }
@@ -162,7 +177,7 @@ impl QuantizedMatrix {
         match &self.weights {
             #[cfg(target_arch = "x86_64")]
             Weights::Packed(p, kernel) => Ok(self.run_fused(*kernel, p, x, m)),
-            Weights::Int8(p, kernel) => int8::matmul(*kernel, p, x, m, self.out_dim, self.in_dim),
+            Weights::Int8(p, kernel, levels) => int8::matmul(*kernel, p, x, m, self.out_dim, self.in_dim, *levels),
             Weights::Blocks(q) => {
                 if !q.device().is_cpu() {
                     bail!("quantized matmul: activations on the CPU but weights on {:?}", q.device().location())

@@ -17,22 +17,26 @@ use super::{GROUP, Q4_1, Q8_0};
 
 /// True when this CPU can run the kernel.
 pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+    std::is_x86_feature_detected!("avx2")
+        && std::is_x86_feature_detected!("fma")
+        && std::is_x86_feature_detected!("f16c")
 }
 
-/// Same contract as [`super::scalar::rows_dot`]; x quantized with offset [`super::offset`]`(Avx2, ..)`.
+/// Same contract as [`super::scalar::rows_dot`]; x quantized for this kernel ([`super::Kernel`]'s
+/// offset) with `L` levels.
 ///
 /// # Safety
 /// `available()` must hold; `x` must have been quantized for this kernel and `w`'s format.
-pub unsafe fn rows_dot<const F: u8>(w: &Packed, row0: usize, x: &Rows, m: usize, out: &mut [f32]) {
+pub unsafe fn rows_dot<const F: u8, const L: usize>(w: &Packed, row0: usize, x: &Rows, m: usize, out: &mut [f32]) {
+    debug_assert_eq!(x.levels, L);
     let mut r0 = 0;
     while r0 < m {
         let g = (m - r0).min(GROUP);
         match g {
-            1 => tiles::<F, 2, 1>(w, row0, x, r0, out, m),
-            2 => tiles::<F, 1, 2>(w, row0, x, r0, out, m),
-            3 => tiles::<F, 1, 3>(w, row0, x, r0, out, m),
-            _ => tiles::<F, 1, 4>(w, row0, x, r0, out, m),
+            1 => tiles::<F, L, 2, 1>(w, row0, x, r0, out, m),
+            2 => tiles::<F, L, 1, 2>(w, row0, x, r0, out, m),
+            3 => tiles::<F, L, 1, 3>(w, row0, x, r0, out, m),
+            _ => tiles::<F, L, 1, 4>(w, row0, x, r0, out, m),
         }
         r0 += g;
     }
@@ -40,7 +44,7 @@ pub unsafe fn rows_dot<const F: u8>(w: &Packed, row0: usize, x: &Rows, m: usize,
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tiles<const F: u8, const NR: usize, const MR: usize>(
+unsafe fn tiles<const F: u8, const L: usize, const NR: usize, const MR: usize>(
     w: &Packed,
     row0: usize,
     x: &Rows,
@@ -52,10 +56,10 @@ unsafe fn tiles<const F: u8, const NR: usize, const MR: usize>(
     let mut j = 0;
     while j < nrows {
         if j + NR <= nrows {
-            super::store(&tile::<F, NR, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
+            super::store(&tile::<F, L, NR, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
             j += NR;
         } else {
-            super::store(&tile::<F, 1, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
+            super::store(&tile::<F, L, 1, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
             j += 1;
         }
     }
@@ -63,7 +67,12 @@ unsafe fn tiles<const F: u8, const NR: usize, const MR: usize>(
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const F: u8, const NR: usize, const MR: usize>(w: &Packed, row: usize, x: &Rows, r0: usize) -> [[f32; MR]; NR] {
+unsafe fn tile<const F: u8, const L: usize, const NR: usize, const MR: usize>(
+    w: &Packed,
+    row: usize,
+    x: &Rows,
+    r0: usize,
+) -> [[f32; MR]; NR] {
     let pairs = w.pairs;
     let pb = w.format.pair_bytes();
     let (qs, sc) = (w.qs.as_ptr().add(row * pairs * pb), w.scales.as_ptr().add(row * pairs * 4));
@@ -97,18 +106,32 @@ unsafe fn tile<const F: u8, const NR: usize, const MR: usize>(w: &Packed, row: u
         }
         for r in 0..MR {
             let base = (r0 + r) * x.pairs + p;
-            let xp = x.qs.as_ptr().add(base * 64);
+            let xp = x.qs.as_ptr().add(base * 64 * L);
             let xq = [_mm256_loadu_si256(xp as *const __m256i), _mm256_loadu_si256(xp.add(32) as *const __m256i)];
+            let xf = if L == 2 {
+                [_mm256_loadu_si256(xp.add(64) as *const __m256i), _mm256_loadu_si256(xp.add(96) as *const __m256i)]
+            } else {
+                [_mm256_setzero_si256(); 2]
+            };
             for j in 0..NR {
                 for h in 0..2 {
-                    let prod = if F == Q8_0 {
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(wq[j][h], wq[j][h]), _mm256_sign_epi8(xq[h], wq[j][h]))
-                    } else {
-                        _mm256_maddubs_epi16(wq[j][h], xq[h])
+                    let level = |xv: __m256i| {
+                        let prod = if F == Q8_0 {
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(wq[j][h], wq[j][h]), _mm256_sign_epi8(xv, wq[j][h]))
+                        } else {
+                            _mm256_maddubs_epi16(wq[j][h], xv)
+                        };
+                        _mm256_madd_epi16(prod, ones)
                     };
-                    let mut dot = _mm256_madd_epi16(prod, ones);
+                    let mut dot = level(xq[h]);
+                    if L == 2 {
+                        dot = _mm256_add_epi32(_mm256_slli_epi32::<8>(dot), level(xf[h]));
+                    }
                     if with_init {
-                        dot = _mm256_add_epi32(dot, _mm256_loadu_si256(x.init.as_ptr().add(base * LANES + 8 * h) as *const __m256i));
+                        dot = _mm256_add_epi32(
+                            dot,
+                            _mm256_loadu_si256(x.init.as_ptr().add(base * LANES + 8 * h) as *const __m256i),
+                        );
                     }
                     let dx = _mm256_loadu_ps(x.d.as_ptr().add(base * LANES + 8 * h));
                     let a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(dw[j][h], dx), acc[j][r][h]);

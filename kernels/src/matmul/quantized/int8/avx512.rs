@@ -24,19 +24,21 @@ pub fn available() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
-/// Same contract as [`super::scalar::rows_dot`]; x quantized with offset [`super::offset`]`(Vnni512, ..)`.
+/// Same contract as [`super::scalar::rows_dot`]; x quantized for this kernel ([`super::Kernel`]'s
+/// offset) with `L` levels.
 ///
 /// # Safety
 /// `available()` must hold; `x` must have been quantized for this kernel and `w`'s format.
-pub unsafe fn rows_dot<const F: u8>(w: &Packed, row0: usize, x: &Rows, m: usize, out: &mut [f32]) {
+pub unsafe fn rows_dot<const F: u8, const L: usize>(w: &Packed, row0: usize, x: &Rows, m: usize, out: &mut [f32]) {
+    debug_assert_eq!(x.levels, L);
     let mut r0 = 0;
     while r0 < m {
         let g = (m - r0).min(GROUP);
         match g {
-            1 => tiles::<F, 4, 1>(w, row0, x, r0, out, m),
-            2 => tiles::<F, 4, 2>(w, row0, x, r0, out, m),
-            3 => tiles::<F, 3, 3>(w, row0, x, r0, out, m),
-            _ => tiles::<F, 3, 4>(w, row0, x, r0, out, m),
+            1 => tiles::<F, L, 4, 1>(w, row0, x, r0, out, m),
+            2 => tiles::<F, L, 4, 2>(w, row0, x, r0, out, m),
+            3 => tiles::<F, L, 3, 3>(w, row0, x, r0, out, m),
+            _ => tiles::<F, L, 3, 4>(w, row0, x, r0, out, m),
         }
         r0 += g;
     }
@@ -44,7 +46,7 @@ pub unsafe fn rows_dot<const F: u8>(w: &Packed, row0: usize, x: &Rows, m: usize,
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn tiles<const F: u8, const NR: usize, const MR: usize>(
+unsafe fn tiles<const F: u8, const L: usize, const NR: usize, const MR: usize>(
     w: &Packed,
     row0: usize,
     x: &Rows,
@@ -56,10 +58,10 @@ unsafe fn tiles<const F: u8, const NR: usize, const MR: usize>(
     let mut j = 0;
     while j < nrows {
         if j + NR <= nrows {
-            super::store(&tile::<F, NR, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
+            super::store(&tile::<F, L, NR, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
             j += NR;
         } else {
-            super::store(&tile::<F, 1, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
+            super::store(&tile::<F, L, 1, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
             j += 1;
         }
     }
@@ -67,7 +69,12 @@ unsafe fn tiles<const F: u8, const NR: usize, const MR: usize>(
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn tile<const F: u8, const NR: usize, const MR: usize>(w: &Packed, row: usize, x: &Rows, r0: usize) -> [[f32; MR]; NR] {
+unsafe fn tile<const F: u8, const L: usize, const NR: usize, const MR: usize>(
+    w: &Packed,
+    row: usize,
+    x: &Rows,
+    r0: usize,
+) -> [[f32; MR]; NR] {
     let pairs = w.pairs;
     let pb = w.format.pair_bytes();
     let (qs, sc) = (w.qs.as_ptr().add(row * pairs * pb), w.scales.as_ptr().add(row * pairs * 4));
@@ -99,14 +106,28 @@ unsafe fn tile<const F: u8, const NR: usize, const MR: usize>(w: &Packed, row: u
         }
         for r in 0..MR {
             let base = (r0 + r) * x.pairs + p;
-            let xq = _mm512_loadu_si512(x.qs.as_ptr().add(base * 64) as *const _);
+            let xp = x.qs.as_ptr().add(base * 64 * L);
+            let xq = _mm512_loadu_si512(xp as *const _);
+            let xf = if L == 2 { _mm512_loadu_si512(xp.add(64) as *const _) } else { _mm512_setzero_si512() };
             let dx = _mm512_loadu_ps(x.d.as_ptr().add(base * LANES));
-            let init =
-                if with_init { _mm512_loadu_si512(x.init.as_ptr().add(base * LANES) as *const _) } else { _mm512_setzero_si512() };
+            let init = if with_init {
+                _mm512_loadu_si512(x.init.as_ptr().add(base * LANES) as *const _)
+            } else {
+                _mm512_setzero_si512()
+            };
             for j in 0..NR {
-                let dot = _mm512_dpbusd_epi32(init, wq[j], xq);
+                let dot = if L == 2 {
+                    let coarse = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wq[j], xq);
+                    _mm512_dpbusd_epi32(_mm512_add_epi32(_mm512_slli_epi32::<8>(coarse), init), wq[j], xf)
+                } else {
+                    _mm512_dpbusd_epi32(init, wq[j], xq)
+                };
                 let a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw[j], dx), acc[j][r]);
-                acc[j][r] = if F == Q4_1 { _mm512_fmadd_ps(mw[j], _mm512_loadu_ps(x.sum.as_ptr().add(base * LANES)), a) } else { a };
+                acc[j][r] = if F == Q4_1 {
+                    _mm512_fmadd_ps(mw[j], _mm512_loadu_ps(x.sum.as_ptr().add(base * LANES)), a)
+                } else {
+                    a
+                };
             }
         }
     }

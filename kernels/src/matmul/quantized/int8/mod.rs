@@ -1,5 +1,6 @@
-//! `y ≈ x Wᵀ` with x quantized to 8 bits per 32-element block and integer dot products, for
-//! Q4_0 / Q4_1 / Q8_0 weights: the `MatmulPrecision::Int8` path of [`super::QuantizedMatrix`].
+//! `y ≈ x Wᵀ` with x quantized per 32-element block to 8 bits (or to 16 bits held as two 8-bit
+//! levels) and integer dot products, for Q4_0 / Q4_1 / Q8_0 weights: the `MatmulPrecision::Int8`
+//! and `Int16` paths of [`super::QuantizedMatrix`].
 //!
 //! Why: a batch-1 decode spends its time turning 4-bit weights into f32 and multiplying them
 //! into f32 activations. With x rounded to 8 bits, one integer instruction (`vpdpbusd` on
@@ -12,18 +13,18 @@
 //! AVX2, AVX-512 VNNI) compute the same integers and the same f32 operations in the same order,
 //! so they agree bit for bit with each other: unlike the exact path, results do not change with
 //! the CPU's vector width. What does not hold: equality with the f32 product — x's rounding
-//! (half a step of `max|x_block| / 127`) is an error of its own, measured in perplexity and
-//! greedy agreement by the model tests.
+//! (half a step of `max|x_block| / 127`, or of 1/256 of that with two levels) is an error of its
+//! own, measured in perplexity and greedy agreement by the model tests.
 //!
 //! Must not know: models, layers or where the weights came from.
 
-mod pack;
-mod quant;
-mod scalar;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod pack;
+mod quant;
+mod scalar;
 #[cfg(test)]
 mod tests;
 
@@ -31,9 +32,9 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 use rayon::prelude::*;
 
-pub use pack::Packed;
 #[cfg(target_arch = "x86_64")]
 use super::driver::store;
+pub use pack::Packed;
 use quant::Rows;
 
 /// x rows that share one pass over a weight block in the SIMD kernels.
@@ -129,9 +130,13 @@ impl Kernel {
     }
 }
 
-/// `x` row-major `[m, k]` times the `n` packed weight rows → `[m, n]`.
-pub fn matmul(kernel: Kernel, w: &Packed, x: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32>> {
-    let rows = Rows::new(x, m, k, kernel.offset(w.format), w.format == Format::Q4_1);
+/// `x` row-major `[m, k]` times the `n` packed weight rows → `[m, n]`, x held in `levels` (1 or
+/// 2) 8-bit levels ([`quant`]).
+pub fn matmul(kernel: Kernel, w: &Packed, x: &[f32], m: usize, n: usize, k: usize, levels: usize) -> Result<Vec<f32>> {
+    if !(1..=2).contains(&levels) {
+        candle_core::bail!("int8 matmul: {levels} levels of x (1 or 2)")
+    }
+    let rows = Rows::new(x, m, k, kernel.offset(w.format), w.format == Format::Q4_1, levels);
     let task = |row0: usize, part: &mut [f32]| match kernel {
         Kernel::Scalar => scalar::rows_dot(w, row0, &rows, m, part),
         // SAFETY: the kernel was chosen by `Kernel::best`/`all_here`, which checked the CPU;
@@ -139,18 +144,24 @@ pub fn matmul(kernel: Kernel, w: &Packed, x: &[f32], m: usize, n: usize, k: usiz
         // values, all within the n rows `w` holds.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe {
-            match w.format {
-                Format::Q4_0 => avx2::rows_dot::<Q4_0>(w, row0, &rows, m, part),
-                Format::Q4_1 => avx2::rows_dot::<Q4_1>(w, row0, &rows, m, part),
-                Format::Q8_0 => avx2::rows_dot::<Q8_0>(w, row0, &rows, m, part),
+            match (w.format, levels) {
+                (Format::Q4_0, 1) => avx2::rows_dot::<Q4_0, 1>(w, row0, &rows, m, part),
+                (Format::Q4_1, 1) => avx2::rows_dot::<Q4_1, 1>(w, row0, &rows, m, part),
+                (Format::Q8_0, 1) => avx2::rows_dot::<Q8_0, 1>(w, row0, &rows, m, part),
+                (Format::Q4_0, _) => avx2::rows_dot::<Q4_0, 2>(w, row0, &rows, m, part),
+                (Format::Q4_1, _) => avx2::rows_dot::<Q4_1, 2>(w, row0, &rows, m, part),
+                (Format::Q8_0, _) => avx2::rows_dot::<Q8_0, 2>(w, row0, &rows, m, part),
             }
         },
         #[cfg(target_arch = "x86_64")]
         Kernel::Vnni512 => unsafe {
-            match w.format {
-                Format::Q4_0 => avx512::rows_dot::<Q4_0>(w, row0, &rows, m, part),
-                Format::Q4_1 => avx512::rows_dot::<Q4_1>(w, row0, &rows, m, part),
-                Format::Q8_0 => avx512::rows_dot::<Q8_0>(w, row0, &rows, m, part),
+            match (w.format, levels) {
+                (Format::Q4_0, 1) => avx512::rows_dot::<Q4_0, 1>(w, row0, &rows, m, part),
+                (Format::Q4_1, 1) => avx512::rows_dot::<Q4_1, 1>(w, row0, &rows, m, part),
+                (Format::Q8_0, 1) => avx512::rows_dot::<Q8_0, 1>(w, row0, &rows, m, part),
+                (Format::Q4_0, _) => avx512::rows_dot::<Q4_0, 2>(w, row0, &rows, m, part),
+                (Format::Q4_1, _) => avx512::rows_dot::<Q4_1, 2>(w, row0, &rows, m, part),
+                (Format::Q8_0, _) => avx512::rows_dot::<Q8_0, 2>(w, row0, &rows, m, part),
             }
         },
     };

@@ -5,7 +5,8 @@
 //! Per pair of blocks and per 32-bit lane L (8 lanes per block, 4 consecutive elements each):
 //!
 //! ```text
-//! dot_L  = Σ of 4 products w·q_x            (exact i32; w the true weight integers)
+//! dot_L  = Σ of 4 products w·q_x            (exact i32; w the true weight integers;
+//!                                            two levels: 256·Σ w·q_x + Σ w·q'_x)
 //! acc_L  = fma(f32(dot_L), d_w · d_x, acc_L)
 //! acc_L  = fma(m_w, Σx / 8, acc_L)          (Q4_1 only)
 //! y      = reduce8(acc_L + acc_L+8)         (block b's lanes folded onto block b+1's)
@@ -34,16 +35,20 @@ fn element(w: &Packed, row: usize, x: &Rows, r: usize) -> f32 {
     for p in 0..w.pairs {
         let s = &w.scales[(row * w.pairs + p) * 4..][..4];
         let base = (r * x.pairs + p) * LANES;
-        let xq = &x.qs[(r * x.pairs + p) * 64..][..64];
+        let stride = 64 * x.levels;
+        let xq = &x.qs[(r * x.pairs + p) * stride..][..stride];
         for (l, a) in acc.iter_mut().enumerate() {
             let half = l / 8;
             let b = 2 * p + half;
-            let dot: i32 = (0..4)
-                .map(|t| {
-                    let i = 4 * (l % 8) + t;
-                    w.value(row, b, i) * xq[half * 32 + i] as i32
-                })
-                .sum();
+            let level = |at: usize| -> i32 {
+                (0..4)
+                    .map(|t| {
+                        let i = 4 * (l % 8) + t;
+                        w.value(row, b, i) * xq[at + half * 32 + i] as i32
+                    })
+                    .sum()
+            };
+            let dot = if x.levels == 2 { 256 * level(0) + level(64) } else { level(0) };
             let scale = f16::from_bits(s[half]).to_f32() * x.d[base + l];
             *a = (dot as f32).mul_add(scale, *a);
             if w.format == Format::Q4_1 {

@@ -1,10 +1,10 @@
 use super::*;
 use crate::matmul::{MatmulPrecision, QuantizedMatrix};
-use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use half::f16;
 use rand::{Rng, SeedableRng};
+use std::sync::Arc;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -29,13 +29,13 @@ fn every_kernel_on_this_cpu_gives_the_scalar_kernels_bits() {
         // and of the tasks; m covers every group size and several groups.
         for (n, k) in [(53, 96), (100, 128), (7, 576)] {
             let w = packed(dtype, n, k);
-            for m in [1, 2, 3, 4, 5, 7, 9] {
+            for (m, levels) in [1, 2, 3, 4, 5, 7, 9].into_iter().flat_map(|m| [(m, 1), (m, 2)]) {
                 let x = random(m * k, 100 + m as u64);
-                let want = matmul(Kernel::Scalar, &w, &x, m, n, k).unwrap();
+                let want = matmul(Kernel::Scalar, &w, &x, m, n, k, levels).unwrap();
                 for &kernel in &kernels {
-                    let got = matmul(kernel, &w, &x, m, n, k).unwrap();
+                    let got = matmul(kernel, &w, &x, m, n, k, levels).unwrap();
                     let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{kernel:?} {dtype:?} n={n} k={k} m={m}");
+                    assert!(same, "{kernel:?} {dtype:?} n={n} k={k} m={m} levels={levels}");
                 }
             }
         }
@@ -43,7 +43,8 @@ fn every_kernel_on_this_cpu_gives_the_scalar_kernels_bits() {
 }
 
 /// The only error is x's rounding: at most half a step (`max|x_block| / 127 / 2`) per element,
-/// times the weight's `d·q` part, plus f32 rounding.
+/// times the weight's `d·q` part, plus f32 rounding; with two levels a step 256 times finer
+/// (one fine step where the remainder is clamped).
 #[test]
 fn error_is_bounded_by_half_a_quantization_step_of_x() {
     for dtype in FORMATS {
@@ -53,8 +54,9 @@ fn error_is_bounded_by_half_a_quantization_step_of_x() {
         let w = Packed::new(dtype, &q.data().unwrap(), n, k).unwrap();
         let dense = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         let x = random(m * k, 5);
-        for kernel in Kernel::all_here() {
-            let y = matmul(kernel, &w, &x, m, n, k).unwrap();
+        for (kernel, levels) in Kernel::all_here().into_iter().flat_map(|kn| [(kn, 1), (kn, 2)]) {
+            let step = if levels == 2 { 1.0 / 127.0 / 256.0 } else { 1.0 / 127.0 / 2.0 };
+            let y = matmul(kernel, &w, &x, m, n, k, levels).unwrap();
             for r in 0..m {
                 let xr = &x[r * k..(r + 1) * k];
                 for c in 0..n {
@@ -66,10 +68,13 @@ fn error_is_bounded_by_half_a_quantization_step_of_x() {
                         let p = xv as f64 * dense[c][e] as f64;
                         exact += p;
                         mag += p.abs();
-                        bound += (d * w.value(c, b, e % 32) as f64).abs() * amax / 127.0 / 2.0;
+                        bound += (d * w.value(c, b, e % 32) as f64).abs() * amax * step;
                     }
                     let err = (y[r * n + c] as f64 - exact).abs();
-                    assert!(err <= bound * 1.001 + 1e-5 * mag, "{kernel:?} {dtype:?} ({r},{c}): err {err} > {bound}");
+                    assert!(
+                        err <= bound * 1.001 + 1e-5 * mag,
+                        "{kernel:?} {dtype:?} x{levels} ({r},{c}): err {err} > {bound}"
+                    );
                 }
             }
         }
@@ -81,16 +86,25 @@ fn a_row_gets_the_same_bits_alone_as_inside_any_batch() {
     for dtype in FORMATS {
         let k = 192;
         let t = Tensor::from_vec(random(61 * k, 3), (61, k), &Device::Cpu).unwrap();
-        let qm = QuantizedMatrix::with_precision(Arc::new(QTensor::quantize(&t, dtype).unwrap()), MatmulPrecision::Int8).unwrap();
-        assert_eq!(qm.precision(), MatmulPrecision::Int8);
-        let x = Tensor::from_vec(random(20 * k, 4), (20, k), &Device::Cpu).unwrap();
-        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        use candle_core::IndexOp;
-        for row in [0, 1, 6, 13] {
-            let alone = qm.matmul(&x.i(row..row + 1).unwrap()).unwrap();
-            for m in [row + 1, row + 2, 20] {
-                let batch = qm.matmul(&x.i(0..m).unwrap()).unwrap();
-                assert_eq!(bits(&batch.i(row..row + 1).unwrap()), bits(&alone), "{dtype:?} row {row} in a batch of {m}");
+        let q = Arc::new(QTensor::quantize(&t, dtype).unwrap());
+        for precision in [MatmulPrecision::Int8, MatmulPrecision::Int16] {
+            let qm = QuantizedMatrix::with_precision(q.clone(), precision).unwrap();
+            assert_eq!(qm.precision(), precision);
+            let x = Tensor::from_vec(random(20 * k, 4), (20, k), &Device::Cpu).unwrap();
+            let bits = |t: &Tensor| {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            use candle_core::IndexOp;
+            for row in [0, 1, 6, 13] {
+                let alone = qm.matmul(&x.i(row..row + 1).unwrap()).unwrap();
+                for m in [row + 1, row + 2, 20] {
+                    let batch = qm.matmul(&x.i(0..m).unwrap()).unwrap();
+                    assert_eq!(
+                        bits(&batch.i(row..row + 1).unwrap()),
+                        bits(&alone),
+                        "{dtype:?} {precision:?} row {row} in a batch of {m}"
+                    );
+                }
             }
         }
     }
@@ -104,6 +118,7 @@ fn formats_without_an_int8_kernel_stay_exact() {
     assert_eq!(int8.precision(), MatmulPrecision::Exact);
     let x = Tensor::from_vec(random(2 * 256, 2), (2, 256), &Device::Cpu).unwrap();
     let exact = QuantizedMatrix::new(q).unwrap().matmul(&x).unwrap();
-    let diff = (int8.matmul(&x).unwrap() - exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff =
+        (int8.matmul(&x).unwrap() - exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert_eq!(diff, 0.0);
 }
