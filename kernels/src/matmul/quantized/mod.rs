@@ -209,22 +209,7 @@ impl QuantizedMatrix {
                 }
             }
         };
-        if m == 1 {
-            let mut out = vec![0f32; n];
-            out.par_chunks_mut(FUSED_ROWS_PER_TASK).enumerate().for_each(|(t, part)| task(t * FUSED_ROWS_PER_TASK, part));
-            return out;
-        }
-        // Each task yields its columns of every x row (`[m, rows]`), gathered row by row below.
-        let parts: Vec<Vec<f32>> = (0..n.div_ceil(FUSED_ROWS_PER_TASK))
-            .into_par_iter()
-            .map(|t| {
-                let r0 = t * FUSED_ROWS_PER_TASK;
-                let mut part = vec![0f32; m * FUSED_ROWS_PER_TASK.min(n - r0)];
-                task(r0, &mut part);
-                part
-            })
-            .collect();
-        gather(&parts, m, n, FUSED_ROWS_PER_TASK)
+        by_row_tasks(m, n, FUSED_ROWS_PER_TASK, task)
     }
 
     fn run_tiled(&self, data: &[u8], x: &[f32], m: usize) -> Result<Vec<f32>> {
@@ -271,6 +256,27 @@ impl Fused {
             None
         }
     }
+}
+
+/// Runs `task(first_weight_row, part)` in parallel over tasks of `step` weight rows, each
+/// filling `part` = its columns of every x row (`[m, rows]`), and returns `[m, n]`. At batch 1 a
+/// task's part is its slice of the output, so nothing is gathered.
+fn by_row_tasks(m: usize, n: usize, step: usize, task: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    if m == 1 {
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(step).enumerate().for_each(|(t, part)| task(t * step, part));
+        return out;
+    }
+    let parts: Vec<Vec<f32>> = (0..n.div_ceil(step))
+        .into_par_iter()
+        .map(|t| {
+            let r0 = t * step;
+            let mut part = vec![0f32; m * step.min(n - r0)];
+            task(r0, &mut part);
+            part
+        })
+        .collect();
+    gather(&parts, m, n, step)
 }
 
 /// Lays out per-task column blocks (`[m, width]`, task t holding columns from `t * step`) as `[m, n]`.

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use super::pack::Packed;
 use super::quant::{Rows, LANES};
-use super::{GROUP, Q4_1, Q8_0};
+use super::{Q4_1, Q8_0};
 
 /// True when this CPU can run the kernel.
 pub fn available() -> bool {
@@ -24,48 +24,7 @@ pub fn available() -> bool {
         && std::is_x86_feature_detected!("f16c")
 }
 
-/// Same contract as [`super::scalar::rows_dot`]; x quantized for this kernel ([`super::Kernel`]'s
-/// offset) with `L` levels.
-///
-/// # Safety
-/// `available()` must hold; `x` must have been quantized for this kernel and `w`'s format.
-pub unsafe fn rows_dot<const F: u8, const L: usize>(w: &Packed, row0: usize, x: &Rows, m: usize, out: &mut [f32]) {
-    debug_assert_eq!(x.levels, L);
-    let mut r0 = 0;
-    while r0 < m {
-        let g = (m - r0).min(GROUP);
-        match g {
-            1 => tiles::<F, L, 4, 1>(w, row0, x, r0, out, m),
-            2 => tiles::<F, L, 4, 2>(w, row0, x, r0, out, m),
-            3 => tiles::<F, L, 3, 3>(w, row0, x, r0, out, m),
-            _ => tiles::<F, L, 3, 4>(w, row0, x, r0, out, m),
-        }
-        r0 += g;
-    }
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn tiles<const F: u8, const L: usize, const NR: usize, const MR: usize>(
-    w: &Packed,
-    row0: usize,
-    x: &Rows,
-    r0: usize,
-    out: &mut [f32],
-    m: usize,
-) {
-    let nrows = out.len() / m;
-    let mut j = 0;
-    while j < nrows {
-        if j + NR <= nrows {
-            super::store(&tile::<F, L, NR, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
-            j += NR;
-        } else {
-            super::store(&tile::<F, L, 1, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
-            j += 1;
-        }
-    }
-}
+super::driver::kernel_driver!("avx512f,avx512bw,avx512vnni,avx2,fma,f16c", (1, 4, 1), (2, 4, 2), (3, 3, 3), (_, 3, 4));
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]

@@ -22,6 +22,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod driver;
 mod pack;
 mod quant;
 mod scalar;
@@ -30,7 +32,6 @@ mod tests;
 
 use candle_core::quantized::GgmlDType;
 use candle_core::Result;
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::driver::store;
@@ -165,21 +166,7 @@ pub fn matmul(kernel: Kernel, w: &Packed, x: &[f32], m: usize, n: usize, k: usiz
             }
         },
     };
-    if m == 1 {
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(t, part)| task(t * ROWS_PER_TASK, part));
-        return Ok(out);
-    }
-    let parts: Vec<Vec<f32>> = (0..n.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .map(|t| {
-            let r0 = t * ROWS_PER_TASK;
-            let mut part = vec![0f32; m * ROWS_PER_TASK.min(n - r0)];
-            task(r0, &mut part);
-            part
-        })
-        .collect();
-    Ok(super::gather(&parts, m, n, ROWS_PER_TASK))
+    Ok(super::by_row_tasks(m, n, ROWS_PER_TASK, task))
 }
 
 /// The end of every element: block b's lanes folded onto block b+1's, then the canonical tree.
