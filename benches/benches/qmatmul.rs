@@ -1,5 +1,6 @@
 //! Quantized matmul on the CPU: kvault's `QuantizedMatrix` (f32 activations, weights never
-//! expanded to memory) next to candle's `QMatMul` (activations quantized to Q8), on SmolLM2-135M
+//! expanded to memory; and with `MatmulPrecision::Int8`, activations rounded to 8 bits and
+//! integer dot products) next to candle's `QMatMul` (activations quantized to Q8), on SmolLM2-135M
 //! shapes, in the same run.
 //!
 //! Throughput is reported in bytes of quantized weights streamed per call, so at batch 1 the
@@ -26,6 +27,7 @@ fn random(shape: (usize, usize), seed: u64) -> Tensor {
 
 struct Contenders {
     ours: kvault_kernels::QuantizedMatrix,
+    ours_int8: kvault_kernels::QuantizedMatrix,
     candle: QMatMul,
     weight_bytes: u64,
 }
@@ -33,6 +35,8 @@ struct Contenders {
 fn contenders(q: Arc<QTensor>) -> Contenders {
     Contenders {
         ours: kvault_kernels::QuantizedMatrix::new(q.clone()).expect("ours"),
+        ours_int8: kvault_kernels::QuantizedMatrix::with_precision(q.clone(), kvault_kernels::MatmulPrecision::Int8)
+            .expect("ours int8"),
         weight_bytes: q.storage_size_in_bytes() as u64,
         candle: QMatMul::from_arc(q).expect("candle"),
     }
@@ -59,6 +63,7 @@ fn shapes(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("qmatmul/{dtype:?}/[{m},{k}]x[{n},{k}]T"));
         g.throughput(Throughput::Bytes(all.weight_bytes));
         g.bench_function("kvault_qmatmul", |b| b.iter(|| all.ours.matmul(&x).expect("ours")));
+        g.bench_function("kvault_qmatmul_int8", |b| b.iter(|| all.ours_int8.matmul(&x).expect("ours int8")));
         g.bench_function("candle_qmatmul", |b| b.iter(|| all.candle.forward(&x).expect("candle")));
         g.finish();
     }
@@ -83,6 +88,9 @@ fn decode_all_matrices(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function(BenchmarkId::from_parameter("kvault_qmatmul"), |b| {
         b.iter(|| all.iter().zip(&xs).for_each(|(m, x)| drop(m.ours.matmul(x).expect("ours"))))
+    });
+    g.bench_function(BenchmarkId::from_parameter("kvault_qmatmul_int8"), |b| {
+        b.iter(|| all.iter().zip(&xs).for_each(|(m, x)| drop(m.ours_int8.matmul(x).expect("ours int8"))))
     });
     g.bench_function(BenchmarkId::from_parameter("candle_qmatmul"), |b| {
         b.iter(|| all.iter().zip(&xs).for_each(|(m, x)| drop(m.candle.forward(x).expect("candle"))))

@@ -14,6 +14,7 @@ use kvault_engine::sampler::SamplingParams;
 use kvault_engine::sizing::{parse_bytes, CacheBudget};
 use kvault_kernels::KvDtype;
 use kvault_models::gates::{gates_beside_model, load_gates, RetentionGates};
+use kvault_kernels::MatmulPrecision;
 use kvault_models::model::{load_model, LoadOptions, LoadedModel};
 use kvault_models::source::ModelSource;
 use kvault_scheduler::PolicyKind;
@@ -35,6 +36,19 @@ pub struct ModelArgs {
     /// `trimkv_gates.safetensors` beside the model (in its folder), or the embedded model's own.
     #[arg(long)]
     pub kv_gates: Option<std::path::PathBuf>,
+    /// Activations of quantized (Q4_0/Q4_1/Q8_0) GGUF matmuls on CPU. `exact`: f32, equal to
+    /// the dequantized weights' product up to rounding; `int16`: rounded to 16 bits per 32 values,
+    /// integer dot products; `int8`: 8 bits (16 in the attention projections), fastest. All are
+    /// batch-invariant. See the README's Determinism section.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Exact)]
+    pub matmul_precision: PrecisionArg,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    Exact,
+    Int16,
+    Int8,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -58,7 +72,12 @@ impl ModelArgs {
             tracing::warn!("half-precision compute on CPU upcasts on every matmul; f32 is faster here");
         }
         let source = ModelSource::parse(self.model.as_deref())?;
-        let loaded = load_model(&source, &LoadOptions { device, dtype })?;
+        let matmul_precision = match self.matmul_precision {
+            PrecisionArg::Exact => MatmulPrecision::Exact,
+            PrecisionArg::Int16 => MatmulPrecision::Int16,
+            PrecisionArg::Int8 => MatmulPrecision::Int8,
+        };
+        let loaded = load_model(&source, &LoadOptions { device, dtype, matmul_precision })?;
         match find_gates(&source, self.kv_gates.as_deref())? {
             Some(gates) => loaded.with_retention_gates(gates).context("--kv-gates"),
             None => Ok(loaded),

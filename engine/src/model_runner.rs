@@ -122,7 +122,16 @@ impl ModelRunner {
             rows.push(0);
         }
         let rows_t = Tensor::from_vec(rows, want.max(1), device)?;
-        let logits = self.model.forward(&input, &meta, &self.cache, &rows_t, observer)?;
+        let logits = match observer {
+            // Why on the pool: the kernels' parallel loops (7 matmuls, norms and attention per
+            // layer) called from this thread each hand their work to rayon's workers and block
+            // on a latch until it is done — a sleep and a wake-up per op, hundreds per token,
+            // about a quarter of a batch-1 decode step in `perf`. Run from a worker, the same
+            // loops split onto its own deque and the other workers stay awake between ops.
+            None => rayon::scope(|_| self.model.forward(&input, &meta, &self.cache, &rows_t, None))?,
+            // An observer need not be Send: the forward pass stays on this thread.
+            Some(observer) => self.model.forward(&input, &meta, &self.cache, &rows_t, Some(observer))?,
+        };
         let mut out = logits.to_vec2::<f32>()?;
         out.truncate(want);
         Ok(out)

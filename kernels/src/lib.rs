@@ -23,7 +23,7 @@ pub use paged::{
     attention_mass, cpu_attention_level, copy_blocks, move_slots, paged_attention, write_kv, AttentionMetadata, BlockCopies, HostMetadata,
     KvCacheShape, KvDtype, LayerKvCache, MassVoter, PagedKvCache, SlotMoves,
 };
-pub use matmul::{matmul_bt, QuantizedMatrix};
+pub use matmul::{matmul_bt, MatmulPrecision, QuantizedMatrix};
 pub use rms_norm::rms_norm;
 pub use rope::rope;
 pub use silu_mul::silu_mul;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use kvault_kernels::{AttentionMetadata, LayerKvCache, PagedKvCache};
+use kvault_kernels::{AttentionMetadata, LayerKvCache, MatmulPrecision, PagedKvCache};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
@@ -74,11 +74,13 @@ pub struct LoadOptions {
     /// `None`: f32 compute on CPU (f16 elsewhere) and GGUF matrices stay quantized.
     /// `Some(dt)`: compute in `dt`; GGUF matrices are dequantized to it at load.
     pub dtype: Option<DType>,
+    /// What quantized GGUF matrices do with the activations on CPU (ignored when dequantized).
+    pub matmul_precision: MatmulPrecision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, dtype: None }
+        Self { device: Device::Cpu, dtype: None, matmul_precision: MatmulPrecision::default() }
     }
 }
 
@@ -128,7 +130,7 @@ pub fn load_model(source: &ModelSource, opts: &LoadOptions) -> Result<LoadedMode
     match source {
         ModelSource::Embedded => load_embedded(dtype, &opts.device),
         ModelSource::Folder(dir) => load_folder(dir, dtype, &opts.device),
-        ModelSource::Gguf(path) => load_gguf(path, opts.dtype.is_some(), dtype, &opts.device),
+        ModelSource::Gguf(path) => load_gguf(path, opts.dtype.is_some(), opts.matmul_precision, dtype, &opts.device),
     }
 }
 
@@ -187,8 +189,14 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel>
     })
 }
 
-fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    let (file, config, weights) = gguf_weights(path, dequantize, device)?;
+fn load_gguf(
+    path: &Path,
+    dequantize: bool,
+    precision: MatmulPrecision,
+    dtype: DType,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let (file, config, weights) = gguf_weights(path, dequantize, precision, device)?;
     let md = file.metadata();
 
     let side_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -213,7 +221,12 @@ fn load_gguf(path: &Path, dequantize: bool, dtype: DType, device: &Device) -> Re
         tokenizer: Arc::new(tokenizer),
         special_tokens,
         chat_template,
-        weights_description: if dequantize { format!("gguf, dequantized to {dtype:?}") } else { "gguf, quantized".into() },
+        weights_description: match (dequantize, precision) {
+            (true, _) => format!("gguf, dequantized to {dtype:?}"),
+            (false, MatmulPrecision::Exact) => "gguf, quantized".into(),
+            (false, MatmulPrecision::Int8) => "gguf, quantized, int8 activations".into(),
+            (false, MatmulPrecision::Int16) => "gguf, quantized, int16 activations".into(),
+        },
         retention_gates: None,
     })
 }
@@ -232,7 +245,7 @@ pub fn open_weights(source: &ModelSource, dequantize: bool, device: &Device) -> 
             (c, Box::new(w))
         }
         ModelSource::Gguf(path) => {
-            let (_, c, w) = gguf_weights(path, dequantize, device)?;
+            let (_, c, w) = gguf_weights(path, dequantize, MatmulPrecision::Exact, device)?;
             (c, Box::new(w))
         }
     })
@@ -252,7 +265,12 @@ fn folder_weights(dir: &Path) -> Result<(ModelConfig, SafetensorsWeights)> {
     Ok((config, SafetensorsWeights::open_dir(dir)?))
 }
 
-fn gguf_weights(path: &Path, dequantize: bool, device: &Device) -> Result<(Arc<GgufFile>, ModelConfig, GgufWeights)> {
+fn gguf_weights(
+    path: &Path,
+    dequantize: bool,
+    precision: MatmulPrecision,
+    device: &Device,
+) -> Result<(Arc<GgufFile>, ModelConfig, GgufWeights)> {
     let file = Arc::new(GgufFile::open(path)?);
     let md = file.metadata();
     let has_head = GgufWeights::new(file.clone(), None, false).contains(WeightName::LmHead);
@@ -267,7 +285,7 @@ fn gguf_weights(path: &Path, dequantize: bool, device: &Device) -> Result<(Arc<G
     config.validate().with_context(|| path.display().to_string())?;
     // llama.cpp's converter interleaves Q/K rows of llama-family models only.
     let qk_heads = (config.architecture == Architecture::Llama).then_some((config.num_heads, config.num_kv_heads));
-    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize);
+    let weights = GgufWeights::new(file.clone(), qk_heads, dequantize).with_matmul_precision(precision);
     let config = apply_rope_freqs(config, &weights, device)?;
     Ok((file, config, weights))
 }

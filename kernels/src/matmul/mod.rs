@@ -14,7 +14,7 @@ mod dense;
 mod quantized;
 
 pub use dense::{matmul_bt, matmul_bt_slices};
-pub use quantized::{dequantize, QuantizedMatrix};
+pub use quantized::{dequantize, MatmulPrecision, QuantizedMatrix};
 
 /// The canonical dot product every matmul kernel reproduces bit for bit.
 #[inline]

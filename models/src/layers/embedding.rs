@@ -25,7 +25,7 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match &self.table {
             MatrixWeight::Dense(w) => Ok(w.index_select(ids, 0)?),
-            MatrixWeight::Quantized(q) => Ok(q.embedding(ids)?),
+            MatrixWeight::Quantized(q, _) => Ok(q.embedding(ids)?),
         }
     }
 }

@@ -17,8 +17,8 @@ pub struct Linear {
 #[derive(Clone, Debug)]
 enum Weight {
     Dense(Tensor),
-    /// CPU: kvault's kernel (f32 activations, batch-invariant, exact w.r.t. the dequantized
-    /// weights). Elsewhere: candle's quantized matmul.
+    /// CPU: kvault's kernel (batch-invariant; exact w.r.t. the dequantized weights, or with
+    /// 8-bit activations under `MatmulPrecision::Int8`). Elsewhere: candle's quantized matmul.
     QuantizedCpu(QuantizedMatrix),
     Quantized(QMatMul),
 }
@@ -27,8 +27,10 @@ impl Linear {
     pub fn from_matrix(weight: MatrixWeight, bias: Option<Tensor>, out_dim: usize) -> Result<Self> {
         let weight = match weight {
             MatrixWeight::Dense(w) => Weight::Dense(w),
-            MatrixWeight::Quantized(q) if q.device().is_cpu() => Weight::QuantizedCpu(QuantizedMatrix::new(q)?),
-            MatrixWeight::Quantized(q) => Weight::Quantized(QMatMul::from_arc(q)?),
+            MatrixWeight::Quantized(q, precision) if q.device().is_cpu() => {
+                Weight::QuantizedCpu(QuantizedMatrix::with_precision(q, precision)?)
+            }
+            MatrixWeight::Quantized(q, _) => Weight::Quantized(QMatMul::from_arc(q)?),
         };
         Ok(Self { weight, bias, out_dim })
     }

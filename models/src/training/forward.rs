@@ -51,7 +51,7 @@ pub struct Forward {
 fn dense_matrix(w: &dyn WeightSource, name: WeightName, out: usize, inp: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
     match w.matrix(name, out, inp, dtype, dev)? {
         MatrixWeight::Dense(t) => Ok(t),
-        MatrixWeight::Quantized(q) => Ok(q.dequantize(dev)?.to_dtype(dtype)?),
+        MatrixWeight::Quantized(q, _) => Ok(q.dequantize(dev)?.to_dtype(dtype)?),
     }
 }
 

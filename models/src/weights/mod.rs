@@ -16,6 +16,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
+use kvault_kernels::MatmulPrecision;
 
 pub use self::gguf::{GgufFile, GgufWeights};
 pub(crate) use self::gguf::{md_f32, md_u64};
@@ -26,7 +27,8 @@ pub use self::safetensors::SafetensorsWeights;
 #[derive(Clone, Debug)]
 pub enum MatrixWeight {
     Dense(Tensor),
-    Quantized(Arc<QTensor>),
+    /// Kept quantized; the precision its matmul gives the activations on CPU.
+    Quantized(Arc<QTensor>, MatmulPrecision),
 }
 
 /// A source of named weights. Every error names the file and the tensor.

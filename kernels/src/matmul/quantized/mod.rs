@@ -18,9 +18,14 @@
 //! only on its own x row and weight row: a token gets the same bits alone, in a decode batch,
 //! or inside a prefill chunk.
 //!
+//! With [`MatmulPrecision::Int8`] or `Int16` the Q4_0 / Q4_1 / Q8_0 matrices take [`int8`]
+//! instead: x is quantized to 8 (16) bits per block (each row on its own, so batch invariance
+//! still holds) and the products are integer dot products. Other formats ignore the setting.
+//!
 //! Must not know: models, layers, or where the weights came from (GGUF or a quantization pass).
 
 mod dequant;
+mod int8;
 #[cfg(target_arch = "x86_64")]
 mod driver;
 #[cfg(target_arch = "x86_64")]
@@ -62,6 +67,33 @@ enum Weights {
     #[cfg(target_arch = "x86_64")]
     Packed(Arc<pack::Packed>, Fused),
     Blocks(Arc<QTensor>),
+    /// The int8-dot-product layout, the kernel this CPU runs it with, and x's 8-bit levels.
+    Int8(Arc<int8::Packed>, int8::Kernel, usize),
+}
+
+/// How a quantized matmul treats the activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MatmulPrecision {
+    /// f32 activations, f32 products: equal to `x · dequantized Wᵀ` up to f32 rounding.
+    #[default]
+    Exact,
+    /// x rounded to 8 bits per 32-element block (per row), integer dot products (Q4_0, Q4_1,
+    /// Q8_0; other formats stay exact). Batch-invariant, and the same bits on every CPU.
+    Int8,
+    /// As `Int8` with x held to 16 bits as two 8-bit levels (two integer dot products): a
+    /// rounding error 256 times smaller for a little more integer work.
+    Int16,
+}
+
+impl MatmulPrecision {
+    /// 8-bit levels x is held in on the int8 path (none on the exact one).
+    fn levels(self) -> usize {
+        match self {
+            Self::Exact => 0,
+            Self::Int8 => 1,
+            Self::Int16 => 2,
+        }
+    }
 }
 
 impl QuantizedMatrix {
@@ -69,6 +101,12 @@ impl QuantizedMatrix {
     /// a CPU with a fused kernel are repacked once ([`pack`]) and the `QTensor` is not kept, so
     /// the weights are held once if the caller drops its own handle.
     pub fn new(q: Arc<QTensor>) -> Result<Self> {
+        Self::with_precision(q, MatmulPrecision::Exact)
+    }
+
+    /// As [`Self::new`], with the activations treated as `precision` says (CPU weights only;
+    /// other devices and formats without an int8 kernel keep the exact path).
+    pub fn with_precision(q: Arc<QTensor>, precision: MatmulPrecision) -> Result<Self> {
         let dtype = q.dtype();
         let (out_dim, in_dim) = match q.shape().dims() {
             &[o, i] => (o, i),
@@ -79,6 +117,11 @@ impl QuantizedMatrix {
             bail!("quantized matrix: row length {in_dim} is not a multiple of the {dtype:?} block size {bs}")
         }
         let row_bytes = in_dim / bs * dtype.type_size();
+        if precision != MatmulPrecision::Exact && int8::Format::of(dtype).is_some() && q.device().is_cpu() {
+            let packed = int8::Packed::new(dtype, &q.data()?, out_dim, in_dim)?;
+            let weights = Weights::Int8(Arc::new(packed), int8::Kernel::best(), precision.levels());
+            return Ok(Self { weights, dtype, out_dim, in_dim, row_bytes });
+        }
         #[cfg(target_arch = "x86_64")]
         {
             if let (Some(kernel), true) = (Fused::for_dtype(dtype), q.device().is_cpu()) {
@@ -108,6 +151,16 @@ impl QuantizedMatrix {
             #[cfg(target_arch = "x86_64")]
             Weights::Packed(p, _) => p.size_in_bytes(),
             Weights::Blocks(_) => self.out_dim * self.row_bytes,
+            Weights::Int8(p, ..) => p.size_in_bytes(),
+        }
+    }
+
+    /// Which precision the activations get here (`Exact` for formats without an int8 kernel).
+    pub fn precision(&self) -> MatmulPrecision {
+        match self.weights {
+            Weights::Int8(.., 2) => MatmulPrecision::Int16,
+            Weights::Int8(..) => MatmulPrecision::Int8,
+            _ => MatmulPrecision::Exact,
         }
     }
 
@@ -124,6 +177,7 @@ impl QuantizedMatrix {
         match &self.weights {
             #[cfg(target_arch = "x86_64")]
             Weights::Packed(p, kernel) => Ok(self.run_fused(*kernel, p, x, m)),
+            Weights::Int8(p, kernel, levels) => int8::matmul(*kernel, p, x, m, self.out_dim, self.in_dim, *levels),
             Weights::Blocks(q) => {
                 if !q.device().is_cpu() {
                     bail!("quantized matmul: activations on the CPU but weights on {:?}", q.device().location())
@@ -155,22 +209,7 @@ impl QuantizedMatrix {
                 }
             }
         };
-        if m == 1 {
-            let mut out = vec![0f32; n];
-            out.par_chunks_mut(FUSED_ROWS_PER_TASK).enumerate().for_each(|(t, part)| task(t * FUSED_ROWS_PER_TASK, part));
-            return out;
-        }
-        // Each task yields its columns of every x row (`[m, rows]`), gathered row by row below.
-        let parts: Vec<Vec<f32>> = (0..n.div_ceil(FUSED_ROWS_PER_TASK))
-            .into_par_iter()
-            .map(|t| {
-                let r0 = t * FUSED_ROWS_PER_TASK;
-                let mut part = vec![0f32; m * FUSED_ROWS_PER_TASK.min(n - r0)];
-                task(r0, &mut part);
-                part
-            })
-            .collect();
-        gather(&parts, m, n, FUSED_ROWS_PER_TASK)
+        by_row_tasks(m, n, FUSED_ROWS_PER_TASK, task)
     }
 
     fn run_tiled(&self, data: &[u8], x: &[f32], m: usize) -> Result<Vec<f32>> {
@@ -217,6 +256,27 @@ impl Fused {
             None
         }
     }
+}
+
+/// Runs `task(first_weight_row, part)` in parallel over tasks of `step` weight rows, each
+/// filling `part` = its columns of every x row (`[m, rows]`), and returns `[m, n]`. At batch 1 a
+/// task's part is its slice of the output, so nothing is gathered.
+fn by_row_tasks(m: usize, n: usize, step: usize, task: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    if m == 1 {
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(step).enumerate().for_each(|(t, part)| task(t * step, part));
+        return out;
+    }
+    let parts: Vec<Vec<f32>> = (0..n.div_ceil(step))
+        .into_par_iter()
+        .map(|t| {
+            let r0 = t * step;
+            let mut part = vec![0f32; m * step.min(n - r0)];
+            task(r0, &mut part);
+            part
+        })
+        .collect();
+    gather(&parts, m, n, step)
 }
 
 /// Lays out per-task column blocks (`[m, width]`, task t holding columns from `t * step`) as `[m, n]`.
