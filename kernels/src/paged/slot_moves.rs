@@ -120,7 +120,7 @@ pub fn copy_blocks(cache: &LayerKvCache, copies: &BlockCopies) -> Result<()> {
     if copies.max_block as usize >= shape.num_blocks {
         bail!("copy_blocks: block {} outside the cache's {} blocks", copies.max_block, shape.num_blocks)
     }
-    for t in [&cache.key, &cache.value, &cache.slot_pos, &cache.slot_score] {
+    for t in cache.tensors() {
         t.inplace_op2(&copies.pairs, &CopyBlocks)?;
     }
     Ok(())
