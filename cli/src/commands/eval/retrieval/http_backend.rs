@@ -124,41 +124,23 @@ impl HttpBackend {
     }
 
     async fn complete(&self, url: &str, job: &Job) -> Result<String> {
-        let mut body = json!({
-            "model": self.model,
-            "prompt": job.prompt.as_ref(),
-            "max_tokens": job.max_tokens,
-            "temperature": 0,
-        });
-        for (field, value) in policy_fields(&job.policy) {
-            body[field] = value;
-        }
+        let body = with_policy_fields(
+            json!({"model": self.model, "prompt": job.prompt.as_ref(), "max_tokens": job.max_tokens, "temperature": 0}),
+            &job.policy,
+        );
         let resp = self.client.post(url).json(&body).send().await?;
         let reply = read_json(resp, url).await?;
         reply["choices"][0]["text"].as_str().map(str::to_string).ok_or_else(|| anyhow!("the response has no choices[0].text"))
     }
 }
 
-/// The `kv_*` request fields that make the server run exactly `policy`.
-pub fn policy_fields(policy: &KvPolicy) -> Vec<(&'static str, Value)> {
-    let mut fields = vec![("kv_policy", json!(policy.kind().as_str()))];
-    match *policy {
-        KvPolicy::Full => {}
-        KvPolicy::Streaming { budget, sink_tokens } => {
-            fields.extend([("kv_budget", json!(budget)), ("kv_sink_tokens", json!(sink_tokens))]);
-        }
-        KvPolicy::H2o { budget, recent_window } => {
-            fields.extend([("kv_budget", json!(budget)), ("kv_recent_window", json!(recent_window))]);
-        }
-        KvPolicy::SnapKv { budget, window, kernel, pooling } => fields.extend([
-            ("kv_budget", json!(budget)),
-            ("kv_snapkv_window", json!(window)),
-            ("kv_snapkv_kernel", json!(kernel)),
-            ("kv_snapkv_pooling", json!(pooling.as_str())),
-        ]),
-        KvPolicy::TrimKv { budget } => fields.push(("kv_budget", json!(budget))),
+/// `body` with the `kv_*` request fields that make the server run exactly `policy` (the same fields
+/// every kvault client sends: [`crate::kv::request_fields`]).
+fn with_policy_fields(mut body: Value, policy: &KvPolicy) -> Value {
+    if let (Some(body), Value::Object(fields)) = (body.as_object_mut(), crate::kv::request_fields(policy)) {
+        body.extend(fields);
     }
-    fields
+    body
 }
 
 async fn get_json(client: &reqwest::Client, url: &str) -> Result<Value> {
@@ -189,14 +171,22 @@ mod tests {
 
     #[test]
     fn every_policy_parameter_is_sent_and_full_is_explicit() {
-        let names = |p: &KvPolicy| policy_fields(p).into_iter().map(|(f, v)| format!("{f}={v}")).collect::<Vec<_>>();
-        assert_eq!(names(&KvPolicy::Full), ["kv_policy=\"full\""]);
-        assert_eq!(names(&KvPolicy::Streaming { budget: 64, sink_tokens: 4 }), ["kv_policy=\"streaming\"", "kv_budget=64", "kv_sink_tokens=4"]);
-        assert_eq!(names(&KvPolicy::H2o { budget: 64, recent_window: 32 }), ["kv_policy=\"h2o\"", "kv_budget=64", "kv_recent_window=32"]);
+        let sent = |p: &KvPolicy| with_policy_fields(json!({"prompt": "p"}), p);
+        assert_eq!(sent(&KvPolicy::Full), json!({"prompt": "p", "kv_policy": "full"}));
         assert_eq!(
-            names(&KvPolicy::SnapKv { budget: 64, window: 8, kernel: 3, pooling: Pooling::Max }),
-            ["kv_policy=\"snapkv\"", "kv_budget=64", "kv_snapkv_window=8", "kv_snapkv_kernel=3", "kv_snapkv_pooling=\"max\""]
+            sent(&KvPolicy::Streaming { budget: 64, sink_tokens: 4 }),
+            json!({"prompt": "p", "kv_policy": "streaming", "kv_budget": 64, "kv_sink_tokens": 4})
         );
+        assert_eq!(
+            sent(&KvPolicy::H2o { budget: 64, recent_window: 32 }),
+            json!({"prompt": "p", "kv_policy": "h2o", "kv_budget": 64, "kv_recent_window": 32})
+        );
+        assert_eq!(
+            sent(&KvPolicy::SnapKv { budget: 64, window: 8, kernel: 3, pooling: Pooling::Max }),
+            json!({"prompt": "p", "kv_policy": "snapkv", "kv_budget": 64, "kv_snapkv_window": 8, "kv_snapkv_kernel": 3,
+                   "kv_snapkv_pooling": "max"})
+        );
+        assert_eq!(sent(&KvPolicy::TrimKv { budget: 64 }), json!({"prompt": "p", "kv_policy": "trimkv", "kv_budget": 64}));
     }
 
     #[test]
