@@ -192,6 +192,11 @@ fn unknown_model_type_is_a_clear_error() {
 }
 
 #[test]
+fn an_unknown_matmul_precision_is_a_clear_error() {
+    assert_clean_error(&kvault(&["generate", "hi", "--matmul-precision", "int4"]), &["int4", "--matmul-precision"]);
+}
+
+#[test]
 fn tensor_shape_mismatch_is_a_clear_error() {
     let dir = stories_copy();
     edit_config(dir.path(), |c| c["intermediate_size"] = 200.into());
