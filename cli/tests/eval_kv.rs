@@ -147,5 +147,12 @@ fn bad_input_is_a_one_line_error() {
     clean_error(&kvault(&["eval", "kv", "--text", l, "--context-len", "4096", "--output-json", j]), "--context-len 4096");
     clean_error(&kvault(&["eval", "kv", "--text", l, "--context-len", "256", "--budgets", "", "--output-json", j]), "--budgets");
     clean_error(&kvault(&["eval", "kv", "--text", l, "--context-len", "256", "--budgets", "0", "--output-json", j]), "--budgets 0");
+    // A server measures its own cache: asking for a KV dtype there would be silently ignored.
+    let remote = ["eval", "kv", "--text", l, "--base-url", "http://127.0.0.1:9", "--kv-cache-dtype", "int8", "--output-json", j];
+    let o = kvault(&remote);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(first.starts_with("error: ") && first.contains("--base-url") && first.contains("--kv-cache-dtype"), "{err}");
     assert!(!json.exists(), "no result file after an error");
 }

@@ -62,8 +62,9 @@ pub struct EvalKvArgs {
     pub plot: Option<PathBuf>,
     /// Evaluate a running OpenAI-compatible server instead (e.g. http://127.0.0.1:8000): its own
     /// chunking and batching; perplexity and top-1 agreement only (no KL: the API returns no
-    /// whole distributions). The tokenizer comes from --tokenizer.
-    #[arg(long)]
+    /// whole distributions). The tokenizer comes from --tokenizer. The server's own KV cache dtype
+    /// is what gets measured, so `--kv-cache-dtype` is refused with it.
+    #[arg(long, conflicts_with = "kv_cache_dtype")]
     pub base_url: Option<String>,
     /// With --base-url: the model's tokenizer (a folder, .gguf or the embedded model's name).
     #[arg(long, requires = "base_url")]
