@@ -22,17 +22,21 @@ pub const FIELDS: [&str; 7] =
 #[derive(Args, Debug, Clone, Default)]
 pub struct KvArgs {
     /// KV-cache policy of each request: which tokens it keeps once it holds more than
-    /// --kv-budget (`full` keeps every token). With `serve`: the default for requests that
-    /// do not set `kv_policy`.
+    /// --kv-budget (`full` keeps every token; `lychee` keeps every token too, and its sparse
+    /// heads read only --kv-budget of them per decode step). With `serve`: the default for
+    /// requests that do not set `kv_policy`.
     #[arg(long, value_parser = policy_parser())]
     pub kv_policy: Option<KvPolicyKind>,
-    /// Tokens a request keeps per KV head per layer (streaming, h2o, snapkv, trimkv).
+    /// Tokens a request keeps per KV head per layer (streaming, h2o, snapkv, trimkv), or reads
+    /// per sparse head per decode step (lychee, whole blocks).
     #[arg(long, value_parser = parse_count, allow_negative_numbers = true)]
     pub kv_budget: Option<usize>,
-    /// streaming: leading tokens always kept (default 4).
+    /// streaming: leading tokens always kept (default 4); lychee: leading tokens always read
+    /// (default an eighth of the budget).
     #[arg(long, value_parser = parse_count, allow_negative_numbers = true)]
     pub kv_sink_tokens: Option<usize>,
-    /// h2o: most recent tokens always kept (default half the budget).
+    /// h2o: most recent tokens always kept (default half the budget); lychee: most recent
+    /// tokens always read (default a quarter of the budget).
     #[arg(long, value_parser = parse_count, allow_negative_numbers = true)]
     pub kv_recent_window: Option<usize>,
     /// snapkv: last prompt tokens whose attention votes (default 32, at most the budget).
@@ -109,15 +113,20 @@ pub struct KvFields {
     /// Which tokens the request keeps once it holds more than `kv_budget`: `full` keeps every
     /// token; `streaming` (StreamingLLM: sinks + recent window), `h2o` (heavy hitters + recent),
     /// `snapkv` (prompt compressed by the attention of its last tokens), `trimkv` (learned
-    /// retention gates; the server must have gates for its model).
+    /// retention gates; the server must have gates for its model), `lychee` (keeps every token;
+    /// at decode most heads read only `kv_budget` tokens the model's retrieval heads chose; the
+    /// server must have head roles for its model).
     #[schema(value_type = Option<KvPolicyName>)]
     pub kv_policy: Option<String>,
-    /// Tokens kept per KV head per layer (streaming, h2o, snapkv, trimkv).
+    /// Tokens kept per KV head per layer (streaming, h2o, snapkv, trimkv), or read per sparse
+    /// head per decode step (lychee).
     #[schema(minimum = 1)]
     pub kv_budget: Option<usize>,
-    /// streaming: leading tokens always kept (default 4).
+    /// streaming: leading tokens always kept (default 4); lychee: leading tokens always read
+    /// (default an eighth of the budget).
     pub kv_sink_tokens: Option<usize>,
-    /// h2o: most recent tokens always kept (default half the budget).
+    /// h2o: most recent tokens always kept (default half the budget); lychee: most recent
+    /// tokens always read (default a quarter of the budget).
     pub kv_recent_window: Option<usize>,
     /// snapkv: last prompt tokens whose attention votes (default 32, at most the budget).
     #[schema(minimum = 1)]
@@ -144,6 +153,8 @@ pub enum KvPolicyName {
     SnapKv,
     #[schema(rename = "trimkv")]
     TrimKv,
+    #[schema(rename = "lychee")]
+    Lychee,
 }
 
 /// SnapKV's vote pooling (`kv_snapkv_pooling`).
@@ -188,6 +199,9 @@ pub fn policy_json(p: &KvPolicy) -> Value {
             "policy": "snapkv", "budget": budget, "snapkv_window": window, "snapkv_kernel": kernel, "snapkv_pooling": pooling.as_str(),
         }),
         KvPolicy::TrimKv { budget } => json!({"policy": "trimkv", "budget": budget}),
+        KvPolicy::Lychee { budget, sink_tokens, recent_window } => {
+            json!({"policy": "lychee", "budget": budget, "sink_tokens": sink_tokens, "recent_window": recent_window})
+        }
     };
     v["description"] = json!(p.describe());
     v
@@ -205,6 +219,9 @@ pub fn request_fields(p: &KvPolicy) -> Value {
             "kv_snapkv_pooling": pooling.as_str(),
         }),
         KvPolicy::TrimKv { budget } => json!({"kv_policy": "trimkv", "kv_budget": budget}),
+        KvPolicy::Lychee { budget, sink_tokens, recent_window } => json!({
+            "kv_policy": "lychee", "kv_budget": budget, "kv_sink_tokens": sink_tokens, "kv_recent_window": recent_window,
+        }),
     }
 }
 

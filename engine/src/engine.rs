@@ -23,6 +23,7 @@ use crate::events::{FinishReason, TokenLogprob};
 pub use crate::info::EngineInfo;
 use crate::kv_policy::evictor::{BudgetedSeq, Evictor};
 use crate::kv_policy::{Chunk, RequestBudget};
+use crate::kv_policy::lychee::SparseBlocks;
 use crate::kv_state::{KvState, RequestKvState, RequestPhase};
 use crate::model_runner::{BatchEntry, LogitRows, ModelRunner};
 use crate::offload::{block_io, Offload, OffloadConfig};
@@ -109,7 +110,8 @@ impl Engine {
         if let Some(note) = note {
             tracing::info!("{note}");
         }
-        let runner = ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size, kv_dtype)?;
+        let runner =
+            ModelRunner::new(model.model.clone(), size.num_blocks, size.block_size, kv_dtype, model.head_roles.clone())?;
         let kv = KvCacheManager::new(size.num_blocks, size.block_size, config.enable_prefix_caching)?;
         let layout = block_io::layout(runner.cache(), &format!("{:?}", model.model.dtype()).to_lowercase());
         let block_bytes = block_io::block_bytes(runner.cache()) as u64;
@@ -135,6 +137,7 @@ impl Engine {
             weights_description: model.weights_description.clone(),
             offload: offload.as_ref().map(Offload::describe),
             retention_gates: model.retention_gates.is_some(),
+            head_roles: model.head_roles.is_some(),
         });
         stats.set_blocks(size.num_blocks, kv.num_free_blocks());
         Ok(Self {
@@ -399,7 +402,8 @@ impl Engine {
             let block_table = self.kv.block_table(chunk.id).unwrap_or(&[]);
             let slots = self.kv.num_slotted_tokens(chunk.id).unwrap_or(0);
             let start_slot = slots.saturating_sub(chunk.num_new_tokens);
-            entries.push(BatchEntry { tokens: &seq.tokens[start..end], start_pos: start, start_slot, block_table, logits });
+            let sparse = SparseBlocks::for_policy(&seq.kv, bs);
+            entries.push(BatchEntry { tokens: &seq.tokens[start..end], start_pos: start, start_slot, block_table, logits, sparse });
             if let Some(b) = budgets.remove(&chunk.id) {
                 budgeted.push(BudgetedSeq {
                     seq: i,

@@ -38,13 +38,15 @@ pub struct EngineInfo {
     pub offload: Option<String>,
     /// Whether the model has retention gates loaded (`kv_policy trimkv` needs them).
     pub retention_gates: bool,
+    /// Whether the model has LycheeDecode head roles loaded (`kv_policy lychee` needs them).
+    pub head_roles: bool,
 }
 
 impl EngineInfo {
     /// The longest request (prompt + max_tokens) a request with this KV policy may make: a
     /// budgeted one is bounded by the model's context, one that keeps everything by the cache.
     pub fn max_len_for(&self, kv: &KvPolicy) -> usize {
-        if kv.budget().is_some() {
+        if kv.eviction_budget().is_some() {
             self.max_context_len
         } else {
             self.max_model_len

@@ -10,8 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use kvault_kernels::{copy_blocks, AttentionMetadata, BlockCopies, KvCacheShape, KvDtype, PagedKvCache};
+use kvault_kernels::{
+    copy_blocks, AttentionMetadata, BlockCopies, HeadRoles, KvCacheShape, KvDtype, PagedKvCache, SparseDecodePlan,
+};
 use kvault_models::model::{AttentionObserver, CausalLm};
+
+use crate::kv_policy::lychee::SparseBlocks;
 
 /// One sequence's share of a batch.
 #[derive(Clone, Debug)]
@@ -27,6 +31,8 @@ pub struct BatchEntry<'a> {
     pub block_table: &'a [u32],
     /// Which rows' logits the step returns for this entry.
     pub logits: LogitRows,
+    /// A `lychee` request's reading budget: a one-token step of it decodes sparsely.
+    pub sparse: Option<SparseBlocks>,
 }
 
 /// The logits a batch entry needs.
@@ -43,15 +49,23 @@ pub struct ModelRunner {
     model: Arc<dyn CausalLm>,
     cache: PagedKvCache,
     block_size: usize,
+    /// The model's LycheeDecode head roles, when loaded (requests were validated against them).
+    head_roles: Option<Arc<HeadRoles>>,
 }
 
 impl ModelRunner {
-    pub fn new(model: Arc<dyn CausalLm>, num_blocks: usize, block_size: usize, kv_dtype: KvDtype) -> Result<Self> {
+    pub fn new(
+        model: Arc<dyn CausalLm>,
+        num_blocks: usize,
+        block_size: usize,
+        kv_dtype: KvDtype,
+        head_roles: Option<Arc<HeadRoles>>,
+    ) -> Result<Self> {
         let cfg = model.config();
         let shape = KvCacheShape { num_blocks, num_kv_heads: cfg.num_kv_heads, block_size, head_dim: cfg.head_dim };
         let cache = PagedKvCache::new(cfg.num_layers, shape, kv_dtype, model.device())
             .context("allocating the KV cache")?;
-        Ok(Self { model, cache, block_size })
+        Ok(Self { model, cache, block_size, head_roles })
     }
 
     pub fn model(&self) -> &Arc<dyn CausalLm> {
@@ -113,7 +127,8 @@ impl ModelRunner {
             return Ok(Vec::new());
         }
         let device = self.model.device();
-        let meta = AttentionMetadata::new(slots, positions, tables, query_lens, context_lens, bs, device)?;
+        let mut meta = AttentionMetadata::new(slots, positions, tables, query_lens, context_lens, bs, device)?;
+        meta.sparse_decode = self.sparse_plan(batch, &meta)?.map(Arc::new);
         let input = Tensor::from_vec(input_ids, num_tokens, device)?;
         // A batch of pure prefill chunks that all stop mid-prompt still has to run (to fill the
         // cache) but samples nothing: project one row and drop it rather than special-casing.
@@ -135,5 +150,26 @@ impl ModelRunner {
         let mut out = logits.to_vec2::<f32>()?;
         out.truncate(want);
         Ok(out)
+    }
+
+    /// The step's LycheeDecode plan: every one-token row of a `lychee` request whose budget no
+    /// longer covers its context decodes sparsely; `None` when no row does (the plain kernels run).
+    fn sparse_plan(&self, batch: &[BatchEntry], meta: &AttentionMetadata) -> Result<Option<SparseDecodePlan>> {
+        let Some(roles) = &self.head_roles else { return Ok(None) };
+        let bs = self.block_size;
+        let mut any = false;
+        let (mut budget, mut sink, mut recent) = (Vec::new(), Vec::new(), Vec::new());
+        for (entry, &ctx) in batch.iter().zip(&meta.host.context_lens) {
+            let blocks = entry.sparse.filter(|_| entry.tokens.len() == 1);
+            let b = blocks.map_or(0, |b| b.budget_at(ctx as usize, bs));
+            any |= b > 0;
+            budget.push(b);
+            sink.push(if b > 0 { blocks.map_or(0, |b| b.sink) } else { 0 });
+            recent.push(if b > 0 { blocks.map_or(0, |b| b.recent) } else { 0 });
+        }
+        if !any {
+            return Ok(None);
+        }
+        Ok(Some(SparseDecodePlan::new(roles.clone(), budget, sink, recent, meta, self.model.device())?))
     }
 }

@@ -10,6 +10,7 @@ use kvault_scheduler::footprint;
 
 use crate::info::EngineInfo;
 use crate::sink::EventSink;
+use crate::kv_policy::lychee::NO_ROLES_HINT;
 use crate::kv_policy::trimkv::NO_GATES_HINT;
 use crate::kv_policy::{KvPolicy, KvPolicyKind};
 use crate::sampler::SamplingParams;
@@ -75,9 +76,26 @@ impl NewRequest {
                 message: format!("trimkv needs retention gates for this model and none are loaded; {NO_GATES_HINT}"),
             });
         }
+        if let KvPolicy::Lychee { budget, .. } = self.kv {
+            if !info.head_roles {
+                return Err(SubmitError::InvalidParam {
+                    param: "kv_policy".into(),
+                    message: format!("lychee needs head roles for this model and none are loaded; {NO_ROLES_HINT}"),
+                });
+            }
+            if budget < 2 * info.block_size {
+                return Err(SubmitError::InvalidParam {
+                    param: "kv_budget".into(),
+                    message: format!(
+                        "lychee reads whole blocks: kv_budget {budget} must be at least 2 blocks ({} tokens)",
+                        2 * info.block_size
+                    ),
+                });
+            }
+        }
         // A budgeted request never holds more than its budget plus a chunk, so its length is
         // bounded by the model's context; one that keeps everything must fit the cache.
-        let max_len = match self.kv.budget() {
+        let max_len = match self.kv.eviction_budget() {
             None => info.max_model_len,
             Some(budget) => {
                 let needs = footprint::peak_blocks(budget, info.block_size);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use kvault_kernels::{AttentionMetadata, LayerKvCache, MatmulPrecision, PagedKvCache};
+use kvault_kernels::{AttentionMetadata, HeadRoles, LayerKvCache, MatmulPrecision, PagedKvCache};
 use serde_json::Value;
 
 use crate::chat_template::ChatTemplate;
@@ -96,6 +96,8 @@ pub struct LoadedModel {
     /// TRIM-KV retention gates for this model (f32, on the model's device), when loaded: what
     /// `kv_policy trimkv` ranks by.
     pub retention_gates: Option<Arc<RetentionGates>>,
+    /// LycheeDecode head roles for this model, when loaded: what `kv_policy lychee` decodes with.
+    pub head_roles: Option<Arc<HeadRoles>>,
 }
 
 impl LoadedModel {
@@ -121,6 +123,22 @@ impl LoadedModel {
                 .collect::<Result<_>>()?,
         };
         self.retention_gates = Some(Arc::new(on_device));
+        Ok(self)
+    }
+
+    /// Attaches head roles after checking they were made for this model (layers, KV heads).
+    pub fn with_head_roles(mut self, roles: HeadRoles) -> Result<Self> {
+        let c = self.model.config();
+        if (roles.num_layers(), roles.num_kv_heads()) != (c.num_layers, c.num_kv_heads) {
+            bail!(
+                "head roles are for {} layers × {} KV heads but the model has {} × {}: they were calibrated for another model",
+                roles.num_layers(),
+                roles.num_kv_heads(),
+                c.num_layers,
+                c.num_kv_heads
+            )
+        }
+        self.head_roles = Some(Arc::new(roles));
         Ok(self)
     }
 }
@@ -169,6 +187,7 @@ fn load_embedded(dtype: DType, device: &Device) -> Result<LoadedModel> {
         chat_template: None,
         weights_description: format!("safetensors (embedded), {dtype:?}"),
         retention_gates: None,
+        head_roles: None,
     })
 }
 
@@ -186,6 +205,7 @@ fn load_folder(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel>
         chat_template,
         weights_description: format!("safetensors, {dtype:?}"),
         retention_gates: None,
+        head_roles: None,
     })
 }
 
@@ -228,6 +248,7 @@ fn load_gguf(
             (false, MatmulPrecision::Int16) => "gguf, quantized, int16 activations".into(),
         },
         retention_gates: None,
+        head_roles: None,
     })
 }
 

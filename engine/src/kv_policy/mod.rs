@@ -4,6 +4,8 @@
 //! - [`spec`]: the request-facing settings and their validation;
 //! - [`rule`]: the interface each policy implements, one file each: [`streaming`], [`h2o`],
 //!   [`snapkv`], [`trimkv`] (learned retention; its `log β` comes from [`retention`]);
+//! - [`lychee`]: LycheeDecode, which evicts nothing and only narrows what sparse heads read at
+//!   decode (its blocks per request; the selection itself is the kernels' business);
 //! - [`slots`]: which token each slot holds per (layer, head), and the compaction that keeps a
 //!   request in slots `[0, budget)`;
 //! - [`evictor`]: the per-layer hook that scores, chooses and moves inside the forward.
@@ -19,6 +21,7 @@ pub mod evictor;
 #[cfg(test)]
 mod evictor_tests;
 pub mod h2o;
+pub mod lychee;
 pub mod request;
 pub mod rule;
 pub mod slots;

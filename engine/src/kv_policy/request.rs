@@ -18,7 +18,7 @@ impl RequestBudget {
     /// whose prompt plus `max_tokens` fits its budget never evicts and runs as `full` does
     /// (prefix caching included), so it gets none.
     pub fn for_request(policy: &KvPolicy, max_total_tokens: usize, num_layers: usize, num_kv_heads: usize) -> Option<Self> {
-        let budget = policy.budget()?;
+        let budget = policy.eviction_budget()?;
         if max_total_tokens <= budget {
             return None;
         }

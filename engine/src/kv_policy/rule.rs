@@ -38,10 +38,10 @@ pub trait EvictionRule: Send + Sync {
     }
 }
 
-/// The rule that runs `policy`; `None` for `full`.
+/// The rule that runs `policy`; `None` for the policies that evict nothing (`full`, `lychee`).
 pub fn rule_for(policy: &KvPolicy) -> Option<Box<dyn EvictionRule>> {
     match *policy {
-        KvPolicy::Full => None,
+        KvPolicy::Full | KvPolicy::Lychee { .. } => None,
         KvPolicy::Streaming { sink_tokens, .. } => Some(Box::new(Streaming { sink_tokens })),
         KvPolicy::H2o { recent_window, .. } => Some(Box::new(H2o { recent_window })),
         KvPolicy::SnapKv { window, kernel, pooling, .. } => Some(Box::new(SnapKv { window, kernel, pooling })),

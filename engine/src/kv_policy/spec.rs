@@ -2,7 +2,7 @@
 //! ([`KvPolicyConfig`], every field optional so server defaults can fill the gaps) and as the
 //! engine runs it ([`KvPolicy`], validated, defaults applied).
 //!
-//! Owns: the names users type (`full`, `streaming`, `h2o`, `snapkv`, `trimkv`; `kv_budget`,
+//! Owns: the names users type (`full`, `streaming`, `h2o`, `snapkv`, `trimkv`, `lychee`; `kv_budget`,
 //! `kv_sink_tokens`, …), the defaults of every parameter, and every rule that makes a
 //! combination invalid, each error naming the request field at fault. Must not know how a
 //! policy evicts (its own module) nor HTTP or flags (the cli crate maps those onto this).
@@ -24,11 +24,20 @@ pub enum KvPolicyKind {
     SnapKv,
     /// TRIM-KV: learned retention gates; keep the tokens with the highest `β^(t − pos)`.
     TrimKv,
+    /// LycheeDecode: keeps every token, but at decode the sparse heads read only the blocks the
+    /// retrieval heads selected (`kv_budget` tokens of them): less KV read per token, nothing freed.
+    Lychee,
 }
 
 impl KvPolicyKind {
-    pub const ALL: [KvPolicyKind; 5] =
-        [KvPolicyKind::Full, KvPolicyKind::Streaming, KvPolicyKind::H2o, KvPolicyKind::SnapKv, KvPolicyKind::TrimKv];
+    pub const ALL: [KvPolicyKind; 6] = [
+        KvPolicyKind::Full,
+        KvPolicyKind::Streaming,
+        KvPolicyKind::H2o,
+        KvPolicyKind::SnapKv,
+        KvPolicyKind::TrimKv,
+        KvPolicyKind::Lychee,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -37,6 +46,7 @@ impl KvPolicyKind {
             KvPolicyKind::H2o => "h2o",
             KvPolicyKind::SnapKv => "snapkv",
             KvPolicyKind::TrimKv => "trimkv",
+            KvPolicyKind::Lychee => "lychee",
         }
     }
 }
@@ -53,7 +63,7 @@ impl FromStr for KvPolicyKind {
         KvPolicyKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown KV policy `{s}` (expected one of: full, streaming, h2o, snapkv, trimkv)"))
+            .ok_or_else(|| format!("unknown KV policy `{s}` (expected one of: full, streaming, h2o, snapkv, trimkv, lychee)"))
     }
 }
 
@@ -98,11 +108,12 @@ pub const DEFAULT_SNAPKV_KERNEL: usize = 5;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvPolicyConfig {
     pub policy: Option<KvPolicyKind>,
-    /// Tokens kept per KV head per layer.
+    /// Tokens kept per KV head per layer (lychee: tokens a sparse head reads per decode step).
     pub budget: Option<usize>,
-    /// StreamingLLM: leading tokens always kept.
+    /// StreamingLLM: leading tokens always kept. Lychee: leading tokens every sparse head reads.
     pub sink_tokens: Option<usize>,
     /// H2O: most recent tokens always kept (the rest of the budget goes to heavy hitters).
+    /// Lychee: most recent tokens every sparse head reads.
     pub recent_window: Option<usize>,
     /// SnapKV: prompt queries that vote.
     pub snapkv_window: Option<usize>,
@@ -121,6 +132,9 @@ pub enum KvPolicy {
     SnapKv { budget: usize, window: usize, kernel: usize, pooling: Pooling },
     /// Needs retention gates for the model (the engine refuses it without them).
     TrimKv { budget: usize },
+    /// Needs head roles for the model (the engine refuses it without them). Evicts nothing:
+    /// `budget` is what each sparse head reads, `sink_tokens + recent_window` of it fixed.
+    Lychee { budget: usize, sink_tokens: usize, recent_window: usize },
 }
 
 impl KvPolicy {
@@ -131,17 +145,29 @@ impl KvPolicy {
             KvPolicy::H2o { .. } => KvPolicyKind::H2o,
             KvPolicy::SnapKv { .. } => KvPolicyKind::SnapKv,
             KvPolicy::TrimKv { .. } => KvPolicyKind::TrimKv,
+            KvPolicy::Lychee { .. } => KvPolicyKind::Lychee,
         }
     }
 
-    /// Tokens kept per KV head per layer; `None` for `full`.
+    /// The request's `kv_budget`: tokens kept per KV head per layer, or for `lychee` tokens read
+    /// per sparse head per decode step; `None` for `full`.
     pub fn budget(&self) -> Option<usize> {
         match *self {
             KvPolicy::Full => None,
             KvPolicy::Streaming { budget, .. }
             | KvPolicy::H2o { budget, .. }
             | KvPolicy::SnapKv { budget, .. }
-            | KvPolicy::TrimKv { budget } => Some(budget),
+            | KvPolicy::TrimKv { budget }
+            | KvPolicy::Lychee { budget, .. } => Some(budget),
+        }
+    }
+
+    /// Tokens the request keeps per KV head per layer when it evicts; `None` when it keeps every
+    /// token (`full`, and `lychee`, which only reads fewer). What cache sizing and admission use.
+    pub fn eviction_budget(&self) -> Option<usize> {
+        match *self {
+            KvPolicy::Full | KvPolicy::Lychee { .. } => None,
+            _ => self.budget(),
         }
     }
 
@@ -155,6 +181,9 @@ impl KvPolicy {
                 format!("snapkv (budget {budget}, window {window}, {}-pool {kernel})", pooling.as_str())
             }
             KvPolicy::TrimKv { budget } => format!("trimkv (budget {budget})"),
+            KvPolicy::Lychee { budget, sink_tokens, recent_window } => {
+                format!("lychee (budget {budget}, sinks {sink_tokens}, recent {recent_window})")
+            }
         }
     }
 }
@@ -211,18 +240,18 @@ impl KvPolicyConfig {
         };
         let budget = match (kind, self.budget) {
             (KvPolicyKind::Full, Some(_)) => {
-                return Err(err("kv_budget", "kv_policy full keeps every token; choose streaming, h2o, snapkv or trimkv to set a budget"))
+                return Err(err("kv_budget", "kv_policy full keeps every token; choose streaming, h2o, snapkv, trimkv or lychee to set a budget"))
             }
             (KvPolicyKind::Full, None) => 0,
             (_, None) => return Err(err("kv_budget", format!("kv_policy {kind} needs a kv_budget (tokens kept per KV head per layer)"))),
             (_, Some(0)) => return Err(err("kv_budget", "must be a positive number of tokens")),
             (_, Some(b)) => b,
         };
-        if kind != KvPolicyKind::Streaming {
-            foreign("kv_sink_tokens", self.sink_tokens.is_some(), "streaming")?;
+        if !matches!(kind, KvPolicyKind::Streaming | KvPolicyKind::Lychee) {
+            foreign("kv_sink_tokens", self.sink_tokens.is_some(), "streaming or lychee")?;
         }
-        if kind != KvPolicyKind::H2o {
-            foreign("kv_recent_window", self.recent_window.is_some(), "h2o")?;
+        if !matches!(kind, KvPolicyKind::H2o | KvPolicyKind::Lychee) {
+            foreign("kv_recent_window", self.recent_window.is_some(), "h2o or lychee")?;
         }
         if kind != KvPolicyKind::SnapKv {
             foreign("kv_snapkv_window", self.snapkv_window.is_some(), "snapkv")?;
@@ -263,6 +292,21 @@ impl KvPolicyConfig {
                 KvPolicy::SnapKv { budget, window, kernel, pooling: self.snapkv_pooling.unwrap_or_default() }
             }
             KvPolicyKind::TrimKv => KvPolicy::TrimKv { budget },
+            KvPolicyKind::Lychee => {
+                // LycheeDecode's code keeps 128 sink + 256 recent of a 1024 budget: the same shares.
+                let sink_tokens = self.sink_tokens.unwrap_or((budget / 8).max(1));
+                let recent_window = self.recent_window.unwrap_or((budget / 4).max(1));
+                if recent_window == 0 {
+                    return Err(err("kv_recent_window", "must be at least 1 (the token being decoded is always read)"));
+                }
+                if sink_tokens + recent_window > budget {
+                    return Err(err(
+                        "kv_budget",
+                        format!("{budget} is smaller than kv_sink_tokens {sink_tokens} + kv_recent_window {recent_window}"),
+                    ));
+                }
+                KvPolicy::Lychee { budget, sink_tokens, recent_window }
+            }
         })
     }
 }
@@ -286,6 +330,20 @@ mod tests {
         );
         assert_eq!(cfg(KvPolicyKind::TrimKv, Some(64)).resolve(), Ok(KvPolicy::TrimKv { budget: 64 }));
         assert_eq!("trimkv".parse::<KvPolicyKind>(), Ok(KvPolicyKind::TrimKv));
+        assert_eq!(
+            cfg(KvPolicyKind::Lychee, Some(1024)).resolve(),
+            Ok(KvPolicy::Lychee { budget: 1024, sink_tokens: 128, recent_window: 256 })
+        );
+        let custom = KvPolicyConfig { sink_tokens: Some(16), recent_window: Some(32), ..cfg(KvPolicyKind::Lychee, Some(256)) };
+        assert_eq!(custom.resolve(), Ok(KvPolicy::Lychee { budget: 256, sink_tokens: 16, recent_window: 32 }));
+    }
+
+    #[test]
+    fn lychee_keeps_every_token_but_reports_its_budget() {
+        let p = cfg(KvPolicyKind::Lychee, Some(256)).resolve().unwrap();
+        assert_eq!((p.budget(), p.eviction_budget()), (Some(256), None));
+        let h2o = cfg(KvPolicyKind::H2o, Some(256)).resolve().unwrap();
+        assert_eq!((h2o.budget(), h2o.eviction_budget()), (Some(256), Some(256)));
     }
 
     #[test]
@@ -304,6 +362,10 @@ mod tests {
         assert_eq!(param(KvPolicyConfig { snapkv_pooling: Some(Pooling::Max), ..cfg(KvPolicyKind::H2o, Some(64)) }), "kv_snapkv_pooling");
         assert_eq!(param(cfg(KvPolicyKind::TrimKv, Some(0))), "kv_budget");
         assert_eq!(param(KvPolicyConfig { sink_tokens: Some(4), ..cfg(KvPolicyKind::TrimKv, Some(64)) }), "kv_sink_tokens");
+        assert_eq!(param(cfg(KvPolicyKind::Lychee, None)), "kv_budget");
+        assert_eq!(param(KvPolicyConfig { recent_window: Some(0), ..cfg(KvPolicyKind::Lychee, Some(64)) }), "kv_recent_window");
+        assert_eq!(param(KvPolicyConfig { sink_tokens: Some(40), recent_window: Some(40), ..cfg(KvPolicyKind::Lychee, Some(64)) }), "kv_budget");
+        assert_eq!(param(KvPolicyConfig { snapkv_window: Some(4), ..cfg(KvPolicyKind::Lychee, Some(64)) }), "kv_snapkv_window");
         assert!("lru".parse::<KvPolicyKind>().is_err());
     }
 

@@ -67,6 +67,9 @@ pub struct AttentionMetadata {
     pub num_seqs: usize,
     pub num_tokens: usize,
     pub host: Arc<HostMetadata>,
+    /// LycheeDecode: which sequences decode sparsely this step and with which head roles; set by
+    /// the caller after `new` (the plan validates against this metadata). `None`: plain attention.
+    pub sparse_decode: Option<Arc<crate::paged::SparseDecodePlan>>,
 }
 
 impl AttentionMetadata {
@@ -97,6 +100,7 @@ impl AttentionMetadata {
             num_seqs,
             num_tokens,
             host: Arc::new(host),
+            sparse_decode: None,
         })
     }
 

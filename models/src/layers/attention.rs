@@ -4,10 +4,17 @@
 //! normalize each head (Qwen3), rotate by absolute position, write this step's K/V into the
 //! cache slots the metadata names, then attend through each sequence's block table. Keys are
 //! stored after RoPE, so cached entries never need re-rotation.
+//!
+//! LycheeDecode: when the step's metadata carries a sparse-decode plan, this layer's sparse heads
+//! read only the blocks in the step's selection, and its retrieval heads then choose the blocks
+//! the sparse heads of the layers above will read ([`SparseSelection`]).
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use kvault_kernels::{paged_attention, rms_norm, write_kv, AttentionMetadata, LayerKvCache};
+use kvault_kernels::{
+    paged_attention, paged_attention_sparse, rms_norm, select_blocks, write_kv, AttentionMetadata, LayerKvCache,
+    SparseDecodePlan,
+};
 
 use super::{Linear, RotaryEmbedding};
 use crate::config::ModelConfig;
@@ -57,7 +64,9 @@ impl Attention {
     }
 
     /// `x`: `[tokens, hidden]` → `[tokens, hidden]`. `layer` and `observer` let a KV policy
-    /// see this layer's queries and cache after attention.
+    /// see this layer's queries and cache after attention; `sparse` is the step's LycheeDecode
+    /// selection when some sequence decodes sparsely.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
@@ -66,6 +75,7 @@ impl Attention {
         cache: &LayerKvCache,
         layer: usize,
         observer: Option<&mut dyn AttentionObserver>,
+        sparse: Option<&mut SparseSelection>,
     ) -> Result<Tensor> {
         let tokens = x.dim(0)?;
         let q = self.q.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
@@ -78,10 +88,35 @@ impl Attention {
         let q = rotary.apply(&q, &meta.positions)?;
         let k = rotary.apply(&k, &meta.positions)?;
         write_kv(cache, &k, &v, meta)?;
-        let attn = paged_attention(&q, cache, meta, self.softmax_scale)?;
+        let attn = match sparse {
+            None => paged_attention(&q, cache, meta, self.softmax_scale)?,
+            Some(s) => {
+                let attn = paged_attention_sparse(&q, cache, meta, self.softmax_scale, &s.plan, layer, &s.blocks)?;
+                s.blocks = select_blocks(&q, cache, meta, &s.plan, layer, &s.blocks)?;
+                attn
+            }
+        };
         if let Some(observer) = observer {
             observer.after_attention(LayerAttention { layer, q: &q, hidden: x, cache, meta, softmax_scale: self.softmax_scale })?;
         }
         self.o.forward(&attn.reshape((tokens, self.num_heads * self.head_dim))?)
+    }
+}
+
+/// One step's LycheeDecode state, carried up the layers: the plan (which sequences decode
+/// sparsely, their block budgets, the model's head roles) and the blocks each KV head index
+/// currently selects, which every layer's retrieval heads overwrite for the layers above.
+pub struct SparseSelection {
+    pub plan: std::sync::Arc<SparseDecodePlan>,
+    /// I32 `[sequences, kv heads, plan.width]`.
+    pub blocks: Tensor,
+}
+
+impl SparseSelection {
+    /// The selection layer 0 starts from (sinks and recent blocks; layer 0 is all retrieval).
+    pub fn start(meta: &AttentionMetadata) -> Result<Option<Self>> {
+        let Some(plan) = meta.sparse_decode.clone() else { return Ok(None) };
+        let blocks = plan.initial_selection(meta)?;
+        Ok(Some(Self { plan, blocks }))
     }
 }

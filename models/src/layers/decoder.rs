@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use kvault_kernels::{rms_norm, AttentionMetadata, LayerKvCache, PagedKvCache};
 
+use super::attention::SparseSelection;
 use super::{Attention, Embedding, Linear, Mlp, RotaryEmbedding};
 use crate::config::ModelConfig;
 use crate::model::{AttentionObserver, CausalLm};
@@ -31,6 +32,7 @@ impl DecoderLayer {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &Tensor,
@@ -39,8 +41,10 @@ impl DecoderLayer {
         cache: &LayerKvCache,
         layer: usize,
         observer: Option<&mut dyn AttentionObserver>,
+        sparse: Option<&mut SparseSelection>,
     ) -> Result<Tensor> {
-        let h = self.attn.forward(&rms_norm(x, &self.attn_norm, self.eps)?, rotary, meta, cache, layer, observer)?;
+        let normed = rms_norm(x, &self.attn_norm, self.eps)?;
+        let h = self.attn.forward(&normed, rotary, meta, cache, layer, observer, sparse)?;
         let x = (x + h)?;
         let h = self.mlp.forward(&rms_norm(&x, &self.mlp_norm, self.eps)?)?;
         Ok((x + h)?)
@@ -114,10 +118,11 @@ impl CausalLm for Transformer {
             bail!("KV cache has {} layers, the model {}", cache.layers.len(), self.layers.len());
         }
         let mut x = self.embed.forward(input_ids)?;
+        let mut sparse = SparseSelection::start(meta)?;
         for (i, (layer, layer_cache)) in self.layers.iter().zip(&cache.layers).enumerate() {
             // Reborrow per layer (the coercion shortens the trait object's lifetime).
             let observer = observer.as_mut().map(|o| &mut **o as &mut dyn AttentionObserver);
-            x = layer.forward(&x, &self.rotary, meta, layer_cache, i, observer)?;
+            x = layer.forward(&x, &self.rotary, meta, layer_cache, i, observer, sparse.as_mut())?;
         }
         // Only the rows that will be sampled (or scored) go through the final norm and the
         // vocabulary projection: for a prefill chunk that is one row instead of hundreds.

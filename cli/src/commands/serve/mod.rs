@@ -33,6 +33,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use kvault_engine::handle::EngineHandle;
+use kvault_engine::kv_policy::lychee::NO_ROLES_HINT;
 use kvault_engine::kv_policy::trimkv::NO_GATES_HINT;
 use kvault_engine::kv_policy::{KvPolicy, KvPolicyKind};
 use kvault_models::chat_template::ChatTemplate;
@@ -149,6 +150,9 @@ async fn serve(args: ServeArgs, sla: SlaConfig, kv_default: KvPolicy) -> Result<
     if kv_default.kind() == KvPolicyKind::TrimKv && !engine.info().retention_gates {
         // The process exits with this error; the listener goes with it.
         anyhow::bail!("--kv-policy trimkv: no retention gates for this model; {NO_GATES_HINT}");
+    }
+    if kv_default.kind() == KvPolicyKind::Lychee && !engine.info().head_roles {
+        anyhow::bail!("--kv-policy lychee: no head roles for this model; {NO_ROLES_HINT}");
     }
     let info = engine.info();
     if let Some(source) = template_source {
