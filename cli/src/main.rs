@@ -35,6 +35,8 @@ enum Command {
     Eval(commands::eval::EvalCommand),
     /// Fit TRIM-KV retention gates for a model on the CPU (for `--kv-policy trimkv`).
     TrainGates(commands::train_gates::TrainGatesArgs),
+    /// Find LycheeDecode head roles (retrieval or sparse per layer and KV head) on the CPU.
+    CalibrateHeads(commands::calibrate_heads::CalibrateHeadsArgs),
     /// Report what this build supports and what it finds on this machine (CPU, CUDA), the KV
     /// cache bytes per token of a model in each KV cache dtype, and the offload tier.
     Doctor(commands::doctor::DoctorArgs),
@@ -50,6 +52,7 @@ fn main() {
         Command::Bench(c) => commands::bench::run(c),
         Command::Eval(c) => commands::eval::run(c),
         Command::TrainGates(a) => commands::train_gates::run(a),
+        Command::CalibrateHeads(a) => commands::calibrate_heads::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
     };
     if let Err(e) = result {

@@ -13,6 +13,7 @@ pub mod chat_template;
 pub mod config;
 pub mod embedded;
 pub mod gates;
+pub mod head_roles;
 pub mod hub;
 pub mod layers;
 pub mod llama;

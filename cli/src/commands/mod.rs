@@ -6,5 +6,6 @@ pub mod eval;
 pub mod generate;
 pub mod generate_batch;
 pub mod bench;
+pub mod calibrate_heads;
 pub mod serve;
 pub mod train_gates;

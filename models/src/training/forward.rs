@@ -13,31 +13,31 @@ use crate::gates::RetentionGates;
 use crate::layers::RotaryEmbedding;
 use crate::weights::{MatrixWeight, WeightName, WeightSource};
 
-struct Layer {
-    attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
-    qkv_bias: Option<(Tensor, Tensor, Tensor)>,
-    o_bias: Option<Tensor>,
-    qk_norm: Option<(Tensor, Tensor)>,
-    mlp_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+pub(super) struct Layer {
+    pub(super) attn_norm: Tensor,
+    pub(super) q: Tensor,
+    pub(super) k: Tensor,
+    pub(super) v: Tensor,
+    pub(super) o: Tensor,
+    pub(super) qkv_bias: Option<(Tensor, Tensor, Tensor)>,
+    pub(super) o_bias: Option<Tensor>,
+    pub(super) qk_norm: Option<(Tensor, Tensor)>,
+    pub(super) mlp_norm: Tensor,
+    pub(super) gate: Tensor,
+    pub(super) up: Tensor,
+    pub(super) down: Tensor,
 }
 
 /// The model's weights, dense in `dtype`, and RoPE tables: nothing here is ever trained.
 pub struct TrainingModel {
     pub config: ModelConfig,
-    embed: Tensor,
-    layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    cos: Tensor,
-    sin: Tensor,
-    dtype: DType,
+    pub(super) embed: Tensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: Tensor,
+    pub(super) lm_head: Tensor,
+    pub(super) cos: Tensor,
+    pub(super) sin: Tensor,
+    pub(super) dtype: DType,
 }
 
 /// One forward's outputs.

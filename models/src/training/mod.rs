@@ -9,10 +9,13 @@
 //!
 //! Must not know: optimizers, data files, checkpoints or progress bars (the CLI command owns
 //! those), nor the paged engine (inference never applies the bias; it only ranks by β).
+//!
+//! [`lychee`] holds the same frozen model for `kvault calibrate-heads` (LycheeDecode head roles).
 
 mod forward;
 mod frozen;
 pub mod loss;
+pub mod lychee;
 pub mod ops;
 
 pub use forward::{Forward, TrainingModel};

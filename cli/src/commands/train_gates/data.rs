@@ -14,7 +14,7 @@ pub struct Corpus {
     pub files: Vec<(PathBuf, Vec<u32>, Vec<u32>)>,
 }
 
-fn text_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn text_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
         if p.is_file() {

@@ -11,8 +11,8 @@
 //! Must not know: the paged engine (training never touches the KV cache).
 
 mod checkpoint;
-mod data;
-mod optim;
+pub(crate) mod data;
+pub(crate) mod optim;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

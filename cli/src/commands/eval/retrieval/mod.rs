@@ -7,20 +7,23 @@
 //! [`engine_backend`], [`http_backend`]) → samples ([`tasks`], drawn with [`rng`] and
 //! [`words`]) → prompts ([`layout`]) → answers → verdicts ([`answer`]) → [`report`] and
 //! [`heatmap`].
+//!
+//! `kvault calibrate-heads` reuses the generator ([`tasks`], [`haystack`], [`layout`]) for its
+//! multi-passkey haystacks.
 
-mod answer;
+pub(crate) mod answer;
 mod args;
 mod backend;
 mod engine_backend;
-mod haystack;
+pub(crate) mod haystack;
 mod heatmap;
 mod http_backend;
-mod layout;
+pub(crate) mod layout;
 #[cfg(test)]
 mod layout_tests;
 mod report;
 mod rng;
-mod tasks;
+pub(crate) mod tasks;
 mod words;
 
 use std::sync::Arc;
