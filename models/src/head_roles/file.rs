@@ -171,3 +171,7 @@ pub fn save_head_roles(roles: &HeadRolesFile, path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;

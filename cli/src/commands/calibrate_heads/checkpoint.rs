@@ -19,7 +19,8 @@ pub fn path_for(out: &Path) -> PathBuf {
     out.with_extension("ckpt.safetensors")
 }
 
-pub fn save(path: &Path, params: &[Var], opt: &AdamW, lagrange: &Lagrange, step: usize, settings: &BTreeMap<String, String>, wall: f64) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn save(path: &Path, params: &[Var], opt: &AdamW, lagrange: &Lagrange, step: usize, planned_steps: usize, settings: &BTreeMap<String, String>, wall: f64) -> Result<()> {
     let mut named: Vec<(String, Tensor)> = NAMES.iter().map(|n| n.to_string()).zip(params.iter().map(|p| p.as_tensor().clone())).collect();
     for (n, (m, v)) in NAMES.iter().zip(&opt.moments) {
         named.push((format!("{OPTIMIZER_PREFIX}m.{n}"), m.clone()));
@@ -27,14 +28,16 @@ pub fn save(path: &Path, params: &[Var], opt: &AdamW, lagrange: &Lagrange, step:
     }
     let mut md = settings.clone();
     md.insert("checkpoint_step".into(), step.to_string());
+    md.insert("planned_steps".into(), planned_steps.to_string());
     md.insert("checkpoint_wall_seconds".into(), format!("{wall:.1}"));
     md.insert("lagrange_lambda".into(), format!("{:?}", lagrange.lambda));
     md.insert("lagrange_ema".into(), format!("{:?}", lagrange.ema));
     save_tensors(&named, DType::F32, &md, path)
 }
 
-/// Restores everything; returns (the step to continue from, wall seconds so far).
-pub fn restore(path: &Path, params: &[Var], opt: &mut AdamW, lagrange: &mut Lagrange, settings: &BTreeMap<String, String>) -> Result<(usize, f64)> {
+/// Restores everything; returns (the step to continue from, wall seconds so far, the step
+/// count the checkpointed run was planned for, if recorded).
+pub fn restore(path: &Path, params: &[Var], opt: &mut AdamW, lagrange: &mut Lagrange, settings: &BTreeMap<String, String>) -> Result<(usize, f64, Option<usize>)> {
     let (tensors, md) = read_all(path, &Device::Cpu).context("--resume")?;
     for (k, want) in settings {
         let got = md.get(k).map(String::as_str).unwrap_or("(missing)");
@@ -52,5 +55,6 @@ pub fn restore(path: &Path, params: &[Var], opt: &mut AdamW, lagrange: &mut Lagr
     lagrange.lambda = num("lagrange_lambda")?;
     lagrange.ema = num("lagrange_ema")?;
     let step = num("checkpoint_step")? as usize;
-    Ok((step, num("checkpoint_wall_seconds").unwrap_or(0.0)))
+    let planned = md.get("planned_steps").and_then(|s| s.parse().ok()).or_else(|| md.get("steps").and_then(|s| s.parse().ok()));
+    Ok((step, num("checkpoint_wall_seconds").unwrap_or(0.0), planned))
 }

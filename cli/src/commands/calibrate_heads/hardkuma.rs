@@ -38,6 +38,8 @@ pub struct Settings<'a> {
     pub seed: u64,
     pub checkpoint_every: usize,
     pub resume: bool,
+    /// Stop after this step (checkpointed) without writing roles: a run in slices.
+    pub stop_at: Option<usize>,
     pub out: &'a Path,
     /// What a resumed run must share with its checkpoint.
     pub fixed: BTreeMap<String, String>,
@@ -52,6 +54,8 @@ pub struct Trained {
     pub final_terms: [f64; 3],
     pub wall_seconds: f64,
     pub tokens_per_second: Option<f64>,
+    /// The planned step count of the run a resumed checkpoint came from, when it differs.
+    pub replanned_from: Option<usize>,
 }
 
 impl Trained {
@@ -75,7 +79,8 @@ fn uniforms(seed: u64, step: usize, shape: (usize, usize)) -> Result<Tensor> {
     Ok(Tensor::from_vec(u, shape, &Device::Cpu)?)
 }
 
-pub fn train(model: &TrainingModel, tokenizer: &Tokenizer, data: &Haystacks, s: &Settings) -> Result<Trained> {
+/// `None` when `stop_at` ended the run before its last step.
+pub fn train(model: &TrainingModel, tokenizer: &Tokenizer, data: &Haystacks, s: &Settings) -> Result<Option<Trained>> {
     let c = &model.config;
     let shape = (c.num_layers, c.num_kv_heads);
     let a = Var::ones(shape, DType::F32, &Device::Cpu)?;
@@ -85,12 +90,14 @@ pub fn train(model: &TrainingModel, tokenizer: &Tokenizer, data: &Haystacks, s: 
     let mut opt = AdamW::new(&params, s.lr, 0, 0.0, 0.0)?;
     let mut lagrange = Lagrange::new(s.target);
     let ckpt = checkpoint::path_for(s.out);
-    let (first, wall_before) = if s.resume {
-        let (step, wall) = checkpoint::restore(&ckpt, &params, &mut opt, &mut lagrange, &s.fixed)?;
+    // --steps may change on --resume (a run extended or cut short); the schedule then
+    // follows the new count from the checkpoint on, and the provenance says so.
+    let (first, wall_before, replanned_from) = if s.resume {
+        let (step, wall, planned) = checkpoint::restore(&ckpt, &params, &mut opt, &mut lagrange, &s.fixed)?;
         eprintln!("calibrate-heads: resumed at step {step} from {}", ckpt.display());
-        (step, wall)
+        (step, wall, planned.filter(|&p| p != s.steps))
     } else {
-        (0, 0.0)
+        (0, 0.0, None)
     };
     let bar = ProgressBar::new(s.steps as u64);
     bar.set_position(first.min(s.steps) as u64);
@@ -100,7 +107,8 @@ pub fn train(model: &TrainingModel, tokenizer: &Tokenizer, data: &Haystacks, s: 
     let mut recent: Vec<[f64; 3]> = Vec::new();
     let mut tokens = 0usize;
     let mut last_ckpt = first;
-    for step in first..s.steps {
+    let end = s.stop_at.map_or(s.steps, |t| t.min(s.steps));
+    for step in first..end {
         opt.lr = s.lr * lr_factor(step, s.steps);
         let ex = data.train(tokenizer, step)?;
         let prefix = model.prefill(&ex.prefix)?;
@@ -139,22 +147,27 @@ pub fn train(model: &TrainingModel, tokenizer: &Tokenizer, data: &Haystacks, s: 
             eprintln!("step {}/{}: {msg}", step + 1, s.steps);
         }
         if s.checkpoint_every > 0 && (step + 1) % s.checkpoint_every == 0 {
-            checkpoint::save(&ckpt, &params, &opt, &lagrange, step + 1, &s.fixed, wall_before + elapsed)?;
+            checkpoint::save(&ckpt, &params, &opt, &lagrange, step + 1, s.steps, &s.fixed, wall_before + elapsed)?;
             last_ckpt = step + 1;
         }
     }
     bar.finish();
     let elapsed = started.elapsed().as_secs_f64();
-    if last_ckpt != s.steps {
-        checkpoint::save(&ckpt, &params, &opt, &lagrange, s.steps, &s.fixed, wall_before + elapsed)?;
+    if last_ckpt != end.max(first) {
+        checkpoint::save(&ckpt, &params, &opt, &lagrange, end.max(first), s.steps, &s.fixed, wall_before + elapsed)?;
+    }
+    if end < s.steps {
+        eprintln!("calibrate-heads: stopped after step {end} of {} ({}); continue with --resume", s.steps, ckpt.display());
+        return Ok(None);
     }
     let mean = |i: usize| recent.iter().map(|r| r[i]).sum::<f64>() / recent.len().max(1) as f64;
-    Ok(Trained {
+    Ok(Some(Trained {
         a: a.as_tensor().clone(),
         b: b.as_tensor().clone(),
         lagrange,
         final_terms: [mean(0), mean(1), mean(2)],
         wall_seconds: wall_before + elapsed,
         tokens_per_second: (tokens > 0).then(|| tokens as f64 / elapsed),
-    })
+        replanned_from,
+    }))
 }

@@ -68,7 +68,7 @@ pub struct CalibrateHeadsArgs {
     #[arg(long)]
     pub data: Vec<PathBuf>,
     /// Target share of retrieval heads outside layer 0 (layer 0 is always retrieval).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub density: f64,
     #[arg(long, value_enum, default_value_t = Method::Hardkuma)]
     pub method: Method,
@@ -93,6 +93,10 @@ pub struct CalibrateHeadsArgs {
     /// Continue from OUT.ckpt.safetensors (same settings required).
     #[arg(long)]
     pub resume: bool,
+    /// hardkuma: stop after this step (checkpointed) without writing roles, to continue later
+    /// with --resume (a long run in slices on a shared machine).
+    #[arg(long)]
+    pub stop_at: Option<usize>,
     /// Sparse heads' budget in tokens at inference (rounded down to blocks of 16), for the
     /// heuristic's top-k and the comparison. Default: a quarter of --context-len.
     #[arg(long)]
@@ -192,7 +196,6 @@ pub fn run(a: CalibrateHeadsArgs) -> Result<()> {
                 ("context_len".into(), a.context_len.to_string()),
                 ("seed".into(), a.seed.to_string()),
                 ("lr".into(), a.lr.to_string()),
-                ("steps".into(), steps.to_string()),
                 ("mask".into(), format!("{mask:?}")),
             ]);
             let settings = hardkuma::Settings {
@@ -203,11 +206,15 @@ pub fn run(a: CalibrateHeadsArgs) -> Result<()> {
                 seed: a.seed,
                 checkpoint_every: a.checkpoint_every,
                 resume: a.resume,
+                stop_at: a.stop_at,
                 out: &a.out,
                 fixed,
             };
-            let t = hardkuma::train(&model, &tokenizer, &data, &settings)?;
+            let Some(t) = hardkuma::train(&model, &tokenizer, &data, &settings)? else { return Ok(()) };
             md.insert("steps".into(), steps.to_string());
+            if let Some(n) = t.replanned_from {
+                md.insert("schedule_note".into(), format!("resumed from a checkpoint of a run planned for {n} steps: the steps before it followed that run's warm-up"));
+            }
             md.insert("lr".into(), a.lr.to_string());
             md.insert("training_mask".into(), format!("keep {} of each query's context by the lower layer's logits + {} sink + {} recent tokens, per query head", a.keep_ratio, a.sink_tokens, a.recent_tokens));
             md.insert("final_distill".into(), format!("{:.6}", t.final_terms[0]));
