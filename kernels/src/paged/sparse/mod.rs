@@ -5,7 +5,8 @@
 //! Owns: the two ops as candle CustomOps — [`paged_attention_sparse`] (attention with sparse
 //! heads) and [`select_blocks`] (the retrieval heads' choice) — with their checks against the
 //! cache and metadata; head roles ([`roles`]) and the step plan ([`plan`]). The CPU work lives in
-//! the attention kernel (`attention::cpu`, which walks a [`walk`] selection) and in [`select`].
+//! the attention kernel (`attention::cpu`, walking the selection that `walk` checks and builds)
+//! and in `select`.
 //! Must not know: requests, policies or how budgets are picked (the engine builds the plan), nor
 //! how roles were calibrated (the models crate).
 //!
@@ -13,7 +14,7 @@
 //! With the `cuda` feature the ops' `cuda_fwd` call these (implemented on the CUDA branch in
 //! `kernels/src/cuda/`, re-exported from `crate::cuda::ops`; until it lands the `cuda` feature
 //! does not build on this branch alone):
-//! ```ignore
+//! ```text
 //! /// cuda_fwd of paged_attention_sparse (CustomOp3: q, key cache, value cache). `selection` is
 //! /// the I32 [S, H, plan.width] device tensor; plan tensors: budget_blocks, roles_tensor.
 //! pub fn paged_attention_sparse(
