@@ -13,6 +13,15 @@
 //! whether it runs alone, in a big batch, in a long prefill chunk or as a decode row after a
 //! prefix-cache hit. That is what makes prefix hits and continuous batching bit-exact.
 //!
+//! Sparse heads (LycheeDecode, `crate::paged::sparse`): an item walks either a contiguous range
+//! of the sequence's logical blocks (full attention, what `paged_attention` does) or a slice of a
+//! [`BlockSelection`] row (the logical blocks a sparse head attends), through the same inner loop.
+//! A selected head's walk is cut every `SPLIT_KEYS / block_size` *selected* blocks, so a
+//! selection listing every block yields the very items, and bits, of the full walk. Since every
+//! item holds at most [`SPLIT_KEYS`] keys whatever its head's role, a full head simply becomes
+//! more items than a sparse one and rayon spreads them evenly: the CPU analogue of the paper's
+//! split-KV load balancing (`num_split_full = ceil(num_split_sparse · total / selected)`).
+//!
 //! Cache dtypes: an item reads each block's rows through [`KvRows`]: float rows as f32, or
 //! int8/fp8 codes as f32 with one scale per row, applied after the q·k dot (keys) and folded into
 //! the probabilities (values), so dequantized rows are never built.
@@ -33,9 +42,9 @@ const QUERY_TILE: usize = 32;
 /// Keys per split (a multiple of every supported block size). Large enough that rayon's per-task
 /// cost and the merge are small next to the work, small enough that a 2K-context decode yields
 /// several items per kv head.
-const SPLIT_KEYS: usize = 512;
+pub(crate) const SPLIT_KEYS: usize = 512;
 
-pub(super) struct Geometry {
+pub(crate) struct Geometry {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
@@ -55,9 +64,48 @@ struct WorkItem {
     /// Query range within the sequence's chunk.
     q_start: usize,
     q_end: usize,
-    /// Logical block range (indices into the sequence's block table).
+    /// Range of the walked list: logical blocks (indices into the sequence's block table) or,
+    /// when `selected`, entries of the (seq, kv head) row of the [`BlockSelection`].
     block_start: usize,
     block_end: usize,
+    selected: bool,
+}
+
+/// The blocks sparse heads attend instead of the whole context: per (sequence, KV head) either
+/// the full context or the first `n` entries of its row of `indices`. The caller guarantees those
+/// entries are distinct, ascending logical blocks inside the sequence's context, and selects
+/// only for single-query (decode) rows, whose every valid key is visible.
+pub(crate) struct BlockSelection<'a> {
+    /// `[S, num_kv_heads, width]` logical block indices.
+    pub indices: &'a [i32],
+    pub width: usize,
+    /// `[S * num_kv_heads]`: `Some(n)` walks the row's first `n` entries, `None` every block.
+    pub walk: Vec<Option<usize>>,
+}
+
+impl BlockSelection<'_> {
+    fn row(&self, seq: usize, kv_head: usize, num_kv_heads: usize) -> &[i32] {
+        let start = (seq * num_kv_heads + kv_head) * self.width;
+        &self.indices[start..start + self.width]
+    }
+}
+
+/// The logical blocks one item visits, in order.
+enum BlockWalk<'a> {
+    Range(std::ops::Range<usize>),
+    Selected(std::slice::Iter<'a, i32>),
+}
+
+impl Iterator for BlockWalk<'_> {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            BlockWalk::Range(range) => range.next(),
+            BlockWalk::Selected(entries) => entries.next().map(|&b| b as usize),
+        }
+    }
 }
 
 /// Row state of an item: rows are `(query in tile) × (head in group)`, row-major.
@@ -72,14 +120,14 @@ struct Partial {
 /// or borrowed as-is when it is f32) or quantized rows (codes as f32 plus one scale per row).
 /// Every method is `inline(always)` so the conversion loops compile into the item kernel's
 /// feature level (AVX2, AVX-512) rather than the crate's baseline.
-pub(super) trait KvRows: Sync {
+pub(crate) trait KvRows: Sync {
     /// Rows `[0, n)` of slab `slab` (= physical block · num_kv_heads + kv head) as f32; for a
     /// quantized cache also writes their scales into `scales[..n]` and returns true.
     fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, scales: &mut [f32]) -> (&'a [f32], bool);
 }
 
 /// A float cache `[num_blocks, num_kv_heads, block_size, head_dim]`.
-pub(super) struct FloatRows<'c, C> {
+pub(crate) struct FloatRows<'c, C> {
     pub data: &'c [C],
     pub head_dim: usize,
     pub block_size: usize,
@@ -94,7 +142,7 @@ impl<C: KernelFloat> KvRows for FloatRows<'_, C> {
 }
 
 /// A quantized cache: rows of `head_dim` codes then the f32 scale ([`crate::paged::quant`]).
-pub(super) struct QuantRows<'c> {
+pub(crate) struct QuantRows<'c> {
     pub data: &'c [u8],
     pub kind: KvDtype,
     pub head_dim: usize,
@@ -139,15 +187,59 @@ pub(super) fn attention_at<K: KvRows>(
     geometry: &Geometry,
     scale: f32,
 ) -> Vec<f32> {
-    let items = plan(host, geometry);
+    run(level, &plan(host, geometry), q, key, value, host, geometry, scale, None)
+}
+
+/// [`attention_at`] where the heads `selection` walks attend only their selected blocks. A head
+/// that selects no block leaves zeros.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_selected_at<K: KvRows>(
+    level: Level,
+    q: &[f32],
+    key: &K,
+    value: &K,
+    host: &HostMetadata,
+    geometry: &Geometry,
+    scale: f32,
+    selection: &BlockSelection,
+) -> Vec<f32> {
+    let items = plan_walks(host, geometry, Some(selection));
+    run(level, &items, q, key, value, host, geometry, scale, Some(selection))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run<K: KvRows>(
+    level: Level,
+    items: &[WorkItem],
+    q: &[f32],
+    key: &K,
+    value: &K,
+    host: &HostMetadata,
+    geometry: &Geometry,
+    scale: f32,
+    selection: Option<&BlockSelection>,
+) -> Vec<f32> {
     let partials: Vec<Partial> = items
         .par_iter()
-        .map(|item| run_item_dispatch(level, item, q, key, value, host, geometry, scale))
+        .map(|item| {
+            let walk = match (item.selected, selection) {
+                (true, Some(sel)) => {
+                    let row = sel.row(item.seq, item.kv_head, geometry.num_kv_heads);
+                    BlockWalk::Selected(row[item.block_start..item.block_end].iter())
+                }
+                _ => BlockWalk::Range(item.block_start..item.block_end),
+            };
+            run_item_dispatch(level, item, walk, q, key, value, host, geometry, scale)
+        })
         .collect();
     merge(&partials, host, geometry, q.len())
 }
 
 fn plan(host: &HostMetadata, g: &Geometry) -> Vec<WorkItem> {
+    plan_walks(host, g, None)
+}
+
+fn plan_walks(host: &HostMetadata, g: &Geometry, selection: Option<&BlockSelection>) -> Vec<WorkItem> {
     // (seq, q_start, q_end, blocks the tile's last query needs)
     let mut tiles = Vec::new();
     for seq in 0..host.context_lens.len() {
@@ -163,9 +255,13 @@ fn plan(host: &HostMetadata, g: &Geometry) -> Vec<WorkItem> {
     let mut items = Vec::new();
     for (seq, q_start, q_end, blocks) in tiles {
         for kv_head in 0..g.num_kv_heads {
-            for block_start in (0..blocks).step_by(per_split) {
-                let block_end = (block_start + per_split).min(blocks);
-                items.push(WorkItem { seq, kv_head, q_start, q_end, block_start, block_end });
+            // Full heads split their logical blocks, sparse heads their selected ones, at the
+            // same stride: a selection of every block splits exactly like the full walk.
+            let walked = selection.and_then(|sel| sel.walk[seq * g.num_kv_heads + kv_head]);
+            let (len, selected) = walked.map_or((blocks, false), |n| (n, true));
+            for block_start in (0..len).step_by(per_split) {
+                let block_end = (block_start + per_split).min(len);
+                items.push(WorkItem { seq, kv_head, q_start, q_end, block_start, block_end, selected });
             }
         }
     }
@@ -183,14 +279,14 @@ pub(super) fn plan_len(host: &HostMetadata, g: &Geometry) -> usize {
 /// AVX2 and an AVX-512 machine; AVX-512 only widens the loops LLVM vectorises (dequantizing
 /// int8/fp8 codes, converting f16/bf16 rows, rescaling).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Level {
+pub(crate) enum Level {
     Portable,
     Avx2,
     Avx512,
 }
 
 impl Level {
-    pub(super) fn detect() -> Level {
+    pub(crate) fn detect() -> Level {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -206,7 +302,7 @@ impl Level {
 
     /// The levels this CPU can run, lowest first.
     #[cfg(test)]
-    pub(super) fn available() -> Vec<Level> {
+    pub(crate) fn available() -> Vec<Level> {
         let top = Level::detect();
         [Level::Portable, Level::Avx2, Level::Avx512].into_iter().filter(|l| *l as u8 <= top as u8).collect()
     }
@@ -218,6 +314,7 @@ impl Level {
 fn run_item_dispatch<K: KvRows>(
     level: Level,
     item: &WorkItem,
+    walk: BlockWalk,
     q: &[f32],
     key: &K,
     value: &K,
@@ -229,13 +326,13 @@ fn run_item_dispatch<K: KvRows>(
     match level {
         // SAFETY: `level` comes from `Level::detect` (or a test's `Level::available`), which
         // checked every feature the function is compiled for on this CPU.
-        Level::Avx512 => return unsafe { run_item_avx512(item, q, key, value, host, g, scale) },
+        Level::Avx512 => return unsafe { run_item_avx512(item, walk, q, key, value, host, g, scale) },
         // SAFETY: as above.
-        Level::Avx2 => return unsafe { run_item_avx2(item, q, key, value, host, g, scale) },
+        Level::Avx2 => return unsafe { run_item_avx2(item, walk, q, key, value, host, g, scale) },
         Level::Portable => {}
     }
     let _ = level;
-    run_item::<K, false>(item, q, key, value, host, g, scale)
+    run_item::<K, false>(item, walk, q, key, value, host, g, scale)
 }
 
 /// An x86 entry point: [`run_item`] with the AVX2 inner loops, compiled for `$features`.
@@ -243,8 +340,10 @@ macro_rules! x86_entry {
     ($name:ident, $features:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $name<K: KvRows>(
             item: &WorkItem,
+            walk: BlockWalk,
             q: &[f32],
             key: &K,
             value: &K,
@@ -252,7 +351,7 @@ macro_rules! x86_entry {
             g: &Geometry,
             scale: f32,
         ) -> Partial {
-            run_item::<K, true>(item, q, key, value, host, g, scale)
+            run_item::<K, true>(item, walk, q, key, value, host, g, scale)
         }
     };
 }
@@ -260,9 +359,11 @@ x86_entry!(run_item_avx2, "avx2,fma");
 x86_entry!(run_item_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
 
 /// `AVX`: use the AVX2+FMA inner loops; only the x86 entry points (entered after detection) set it.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn run_item<K: KvRows, const AVX: bool>(
     item: &WorkItem,
+    walk: BlockWalk,
     q: &[f32],
     key: &K,
     value: &K,
@@ -293,7 +394,8 @@ fn run_item<K: KvRows, const AVX: bool>(
     let (mut k_scales, mut v_scales, mut weights) = (vec![0f32; bs], vec![0f32; bs], vec![0f32; bs]);
     let table = host.block_table(item.seq);
     let last_key = ctx - q_len + item.q_end; // keys the tile's last query sees
-    for (logical, &physical) in table.iter().enumerate().take(item.block_end).skip(item.block_start) {
+    for logical in walk {
+        let physical = table[logical];
         let slab = physical as usize * g.num_kv_heads + item.kv_head;
         let first_key = logical * bs;
         // Rows past every query's view may hold another sequence's leftovers: never decoded.
@@ -418,6 +520,18 @@ pub(super) fn dot_dispatch(a: &[f32], b: &[f32]) -> f32 {
     dot(a, b)
 }
 
+/// `dot` at an instruction-set level (the AVX2+FMA loop at both x86 levels, as in the item kernel).
+#[inline]
+pub(crate) fn dot_at(level: Level, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if level != Level::Portable {
+        // SAFETY: `level` comes from `Level::detect` (or `Level::available`), which found avx2+fma.
+        return unsafe { super::simd::dot_avx2(a, b) };
+    }
+    let _ = level;
+    dot(a, b)
+}
+
 /// Dot product with 16 independent accumulators (two AVX or four SSE registers), written with
 /// zipped iterators so there are no bounds checks and LLVM emits SIMD without reassociation flags.
 #[inline(always)]
@@ -493,6 +607,9 @@ fn merge(partials: &[Partial], host: &HostMetadata, g: &Geometry, len: usize) ->
         }
     }
     for (row, &s) in out.chunks_exact_mut(hd).zip(&sum) {
+        if s == 0.0 {
+            continue; // a sparse head that selected nothing: zeros, not 0/0
+        }
         let inv = 1.0 / s;
         row.iter_mut().for_each(|x| *x *= inv);
     }
@@ -571,6 +688,50 @@ mod tests {
         let alone = ranges(plan(&host(&[1], &[1500], 16), &g), 0);
         let batched = ranges(plan(&host(&[300, 1], &[900, 1500], 16), &g), 1);
         assert_eq!(alone, batched);
+    }
+
+    /// A selection for `host` where every (seq, kv head) walks `rows[seq]` (one row per sequence,
+    /// shared by its heads), or attends fully when `rows[seq]` is None.
+    fn selection(rows: &[Option<Vec<i32>>], num_kv_heads: usize, width: usize) -> (Vec<i32>, Vec<Option<usize>>) {
+        let mut indices = Vec::new();
+        let mut walk = Vec::new();
+        for row in rows {
+            for _ in 0..num_kv_heads {
+                let entries = row.clone().unwrap_or_default();
+                walk.push(row.as_ref().map(|r| r.len()));
+                indices.extend(entries.iter().copied().chain(std::iter::repeat(-1)).take(width));
+            }
+        }
+        (indices, walk)
+    }
+
+    #[test]
+    fn a_selection_of_every_block_plans_the_items_of_the_full_walk() {
+        // Decode rows of 2048 and 1500 keys (128 and 94 blocks) beside a prefill chunk.
+        let host = host(&[1, 70, 1], &[2048, 100, 1500], 16);
+        let g = geometry(3);
+        let rows = [Some((0..128).collect::<Vec<i32>>()), None, Some((0..94).collect())];
+        let (indices, walk) = selection(&rows, 3, 128);
+        let sel = BlockSelection { indices: &indices, width: 128, walk };
+        let strip = |items: Vec<WorkItem>| -> Vec<WorkItem> { items.into_iter().map(|i| WorkItem { selected: false, ..i }).collect() };
+        let sparse = plan_walks(&host, &g, Some(&sel));
+        assert!(sparse.iter().filter(|i| i.seq != 1).all(|i| i.selected));
+        assert_eq!(strip(sparse), strip(plan(&host, &g)));
+    }
+
+    #[test]
+    fn every_item_holds_at_most_split_keys_whatever_its_heads_role() {
+        // One 8K-key decode row: full heads split into 16 items, a 64-block selection into 2.
+        let host = host(&[1], &[8192], 16);
+        let g = geometry(3);
+        let rows = [Some((0..64).map(|b| b * 8).collect::<Vec<i32>>())];
+        let (indices, mut walk) = selection(&rows, 3, 64);
+        walk[0] = None; // kv head 0 attends fully
+        let sel = BlockSelection { indices: &indices, width: 64, walk };
+        let items = plan_walks(&host, &g, Some(&sel));
+        let per_head = |h: usize| items.iter().filter(|i| i.kv_head == h).count();
+        assert_eq!((per_head(0), per_head(1), per_head(2)), (16, 2, 2));
+        assert!(items.iter().all(|i| (i.block_end - i.block_start) * 16 <= SPLIT_KEYS));
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -17,18 +17,18 @@
 //! computes it for the few rows that ask, with this op's masking and scores, so this op stays
 //! a pure online-softmax kernel that does no extra work for anyone.
 
-mod cpu;
+pub(crate) mod cpu;
 pub mod mass;
 #[cfg(target_arch = "x86_64")]
 mod simd;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_dtypes;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use super::{AttentionMetadata, LayerKvCache};
+use super::{AttentionMetadata, KvCacheShape, LayerKvCache};
 use crate::elem::{cache_bytes, contiguous, dtype_of, is_quantized_storage, to_f32_vec, with_float_type, Elem, KernelFloat};
 use crate::paged::kv_dtype::KvDtype;
 
@@ -43,36 +43,43 @@ pub fn paged_attention(
     meta: &AttentionMetadata,
     softmax_scale: f32,
 ) -> Result<Tensor> {
+    check_attention_args("paged_attention", q, cache, meta, softmax_scale)?;
+    let q = q.contiguous()?;
+    let op = PagedAttention { meta, softmax_scale };
+    q.apply_op3_no_bwd(&cache.key, &cache.value, &op)
+}
+
+/// The checks every attention op over the paged cache makes: q `[T, num_heads, head_dim]` fits the
+/// metadata and the cache, the block tables fit the cache, and the scale is finite.
+pub(crate) fn check_attention_args(op: &str, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, softmax_scale: f32) -> Result<KvCacheShape> {
     let shape = cache.shape()?;
     let (num_tokens, num_heads, head_dim) = q.dims3()?;
     if num_tokens != meta.num_tokens {
-        bail!("paged_attention: q has {num_tokens} tokens, metadata {}", meta.num_tokens)
+        bail!("{op}: q has {num_tokens} tokens, metadata {}", meta.num_tokens)
     }
     if head_dim != shape.head_dim {
-        bail!("paged_attention: q head_dim {head_dim} != cache head_dim {}", shape.head_dim)
+        bail!("{op}: q head_dim {head_dim} != cache head_dim {}", shape.head_dim)
     }
     if num_heads == 0 || num_heads % shape.num_kv_heads != 0 {
         bail!(
-            "paged_attention: num_heads {num_heads} must be a positive multiple of num_kv_heads {}",
+            "{op}: num_heads {num_heads} must be a positive multiple of num_kv_heads {}",
             shape.num_kv_heads
         )
     }
     if meta.block_size() != shape.block_size {
-        bail!("paged_attention: metadata block_size {} != cache block_size {}", meta.block_size(), shape.block_size)
+        bail!("{op}: metadata block_size {} != cache block_size {}", meta.block_size(), shape.block_size)
     }
     if meta.host.max_block_id as usize >= shape.num_blocks {
         bail!(
-            "paged_attention: block table references block {} but the cache has {}",
+            "{op}: block table references block {} but the cache has {}",
             meta.host.max_block_id,
             shape.num_blocks
         )
     }
     if !softmax_scale.is_finite() {
-        bail!("paged_attention: softmax_scale must be finite, got {softmax_scale}")
+        bail!("{op}: softmax_scale must be finite, got {softmax_scale}")
     }
-    let q = q.contiguous()?;
-    let op = PagedAttention { meta, softmax_scale };
-    q.apply_op3_no_bwd(&cache.key, &cache.value, &op)
+    Ok(shape)
 }
 
 /// The instruction-set level the CPU attention kernel runs at on this machine (for `doctor`).
@@ -152,7 +159,7 @@ impl CustomOp3 for PagedAttention<'_> {
     }
 }
 
-fn from_f32<T: KernelFloat>(out: Vec<f32>) -> Result<CpuStorage> {
+pub(crate) fn from_f32<T: KernelFloat>(out: Vec<f32>) -> Result<CpuStorage> {
     if T::DTYPE == f32::DTYPE {
         return Ok(CpuStorage::F32(out));
     }

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 /// A random cache, a batch over it, and the f32 values the cache really holds (after rounding
 /// to its dtype) for the reference.
-pub(super) struct Case {
+pub(crate) struct Case {
     pub cache: LayerKvCache,
     pub meta: AttentionMetadata,
     pub q: Tensor,
@@ -26,7 +26,7 @@ pub(super) struct Case {
     pub value: Vec<f32>,
 }
 
-pub(super) struct Spec {
+pub(crate) struct Spec {
     pub block_size: usize,
     pub num_kv_heads: usize,
     pub group: usize,
@@ -36,18 +36,18 @@ pub(super) struct Spec {
 }
 
 impl Spec {
-    pub(super) fn f32(block_size: usize, num_kv_heads: usize, group: usize, head_dim: usize) -> Self {
+    pub(crate) fn f32(block_size: usize, num_kv_heads: usize, group: usize, head_dim: usize) -> Self {
         Self { block_size, num_kv_heads, group, head_dim, cache_dtype: KvDtype::F32, q_dtype: DType::F32 }
     }
 }
 
-pub(super) fn uniform(rng: &mut StdRng, n: usize, amplitude: f32) -> Vec<f32> {
+pub(crate) fn uniform(rng: &mut StdRng, n: usize, amplitude: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-amplitude..amplitude)).collect()
 }
 
 /// Block tables for `(cached, q_len)` sequences from a pool of physical blocks (shuffled or in
 /// order), plus a few spare blocks nobody owns. Returns (tables, num_blocks).
-pub(super) fn allocate(rng: &mut StdRng, seqs: &[(usize, usize)], block_size: usize, shuffle: bool) -> (Vec<Vec<u32>>, usize) {
+pub(crate) fn allocate(rng: &mut StdRng, seqs: &[(usize, usize)], block_size: usize, shuffle: bool) -> (Vec<Vec<u32>>, usize) {
     let needed: Vec<usize> = seqs.iter().map(|(c, q)| (c + q).div_ceil(block_size)).collect();
     let num_blocks = needed.iter().sum::<usize>() + 3;
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
@@ -61,7 +61,7 @@ pub(super) fn allocate(rng: &mut StdRng, seqs: &[(usize, usize)], block_size: us
 
 /// A cache tensor of `dtype` holding `data` (`[.., head_dim]` f32 rows): cast, or quantized row by
 /// row. Returns it with the f32 values it really holds.
-pub(super) fn cache_tensor(data: Vec<f32>, dims: [usize; 4], dtype: KvDtype) -> Result<(Tensor, Vec<f32>)> {
+pub(crate) fn cache_tensor(data: Vec<f32>, dims: [usize; 4], dtype: KvDtype) -> Result<(Tensor, Vec<f32>)> {
     let dev = Device::Cpu;
     if !dtype.is_quantized() {
         let t = Tensor::from_vec(data, dims.as_slice(), &dev)?.to_dtype(dtype.storage_dtype())?;
@@ -84,7 +84,7 @@ pub(super) fn cache_tensor(data: Vec<f32>, dims: [usize; 4], dtype: KvDtype) -> 
     Ok((t, held))
 }
 
-pub(super) fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tables: Vec<Vec<u32>>, num_blocks: usize) -> Result<Case> {
+pub(crate) fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tables: Vec<Vec<u32>>, num_blocks: usize) -> Result<Case> {
     let shape = KvCacheShape {
         num_blocks,
         num_kv_heads: spec.num_kv_heads,
@@ -126,7 +126,7 @@ pub(super) fn build(rng: &mut StdRng, spec: &Spec, seqs: &[(usize, usize)], tabl
     Ok(Case { cache, meta, q, num_heads, shape, tables, query_lens, context_lens, key, value })
 }
 
-pub(super) fn random_case(seed: u64, spec: &Spec, seqs: &[(usize, usize)], shuffle: bool) -> Result<Case> {
+pub(crate) fn random_case(seed: u64, spec: &Spec, seqs: &[(usize, usize)], shuffle: bool) -> Result<Case> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (tables, num_blocks) = allocate(&mut rng, seqs, spec.block_size, shuffle);
     build(&mut rng, spec, seqs, tables, num_blocks)
@@ -134,7 +134,7 @@ pub(super) fn random_case(seed: u64, spec: &Spec, seqs: &[(usize, usize)], shuff
 
 /// Plain attention: gather the visible keys of each (token, head) through the block table,
 /// softmax in f64, weighted sum of values.
-pub(super) fn reference(case: &Case, scale: f32) -> Result<Vec<f32>> {
+pub(crate) fn reference(case: &Case, scale: f32) -> Result<Vec<f32>> {
     let KvCacheShape { num_kv_heads, block_size, head_dim: hd, .. } = case.shape;
     let group = case.num_heads / num_kv_heads;
     let q: Vec<f32> = case.q.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
@@ -172,7 +172,7 @@ pub(super) fn reference(case: &Case, scale: f32) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-pub(super) fn assert_matches_reference(case: &Case, tol: f32) -> Result<()> {
+pub(crate) fn assert_matches_reference(case: &Case, tol: f32) -> Result<()> {
     let scale = 1.0 / (case.shape.head_dim as f32).sqrt();
     let out = paged_attention(&case.q, &case.cache, &case.meta, scale)?;
     assert_eq!(out.dims(), case.q.dims());
@@ -189,7 +189,7 @@ pub(super) fn assert_matches_reference(case: &Case, tol: f32) -> Result<()> {
 
 /// Fresh prefill, decode rows, a prefill chunk after cached context, a one-token prompt: all in
 /// one batch, contexts not multiples of the block size.
-pub(super) const MIXED: [(usize, usize); 5] = [(0, 37), (100, 1), (33, 20), (7, 1), (0, 1)];
+pub(crate) const MIXED: [(usize, usize); 5] = [(0, 37), (100, 1), (33, 20), (7, 1), (0, 1)];
 
 #[test]
 fn mixed_batch_matches_reference_for_block_sizes_and_gqa_ratios() -> Result<()> {
@@ -307,7 +307,7 @@ fn prefill_written_through_write_kv_equals_dense_causal_attention() -> Result<()
 
 /// Dense causal attention in f64 over contiguous rows: q `[T, kv_heads·group, hd]`, k and v
 /// `[T, kv_heads, hd]`; token t attends tokens `0..=t`. Output `[T, kv_heads·group, hd]`.
-pub(super) fn dense_causal(q: &[f32], k: &[f32], v: &[f32], kv_heads: usize, group: usize, hd: usize, scale: f64) -> Vec<f64> {
+pub(crate) fn dense_causal(q: &[f32], k: &[f32], v: &[f32], kv_heads: usize, group: usize, hd: usize, scale: f64) -> Vec<f64> {
     let tokens = k.len() / (kv_heads * hd);
     let mut out = Vec::with_capacity(q.len());
     for t in 0..tokens {
