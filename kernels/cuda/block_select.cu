@@ -5,8 +5,8 @@
 //
 // block_scores (grid [S, KVH, chunks], one warp per block): score of block j = max over its valid
 // tokens i of q̄ · k_i, q̄ = (Σ_g q_g) / G over the group's query heads in head order, raw dot in
-// f32, a quantized key's dot with its codes times its row scale (the dequantized dot, as the
-// CPU op and attention compute it). Chunks of `blocks_per_cta` blocks spread one long
+// f32; a quantized key's dot is taken with its codes, then times its row scale (as the CPU op
+// and attention do). Chunks of `blocks_per_cta` blocks spread one long
 // context over many CTAs. scores F32 [S, KVH, max_blocks]; only chosen rows' first n are written,
 // and only when n > k (otherwise no score is needed).
 //
@@ -16,6 +16,7 @@
 // found by a 32-step bitwise search over order-preserving integer keys (32 counting passes, no
 // sort, no atomics, so the result does not depend on thread timing), then one ordered pass emits
 // the list with two block scans (rank among the threshold ties, output position).
+//
 // attention.cuh: the (query dtype, cache format) pairs and shapes the attention kernels are
 // instantiated at, reused here so selection serves every cache attention does.
 #include "attention.cuh"
