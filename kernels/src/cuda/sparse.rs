@@ -18,7 +18,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg};
 // CudaStorageSlice: named by with_float_slice! at its call sites.
-use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorageSlice};
 use candle_core::{bail, CudaStorage, Layout, Result, Shape, StorageRef, Tensor};
 
 use super::ops::{
@@ -66,7 +66,7 @@ impl<'a> SparseInputs<'a> {
     }
 }
 
-fn view<'a, T: DeviceRepr>(guard: &'a (StorageRef<'_>, usize)) -> Result<CudaView<'a, T>> {
+fn view<'a, T: CudaDType + DeviceRepr>(guard: &'a (StorageRef<'_>, usize)) -> Result<CudaView<'a, T>> {
     Ok(cuda_of(&guard.0)?.as_cuda_slice::<T>()?.slice(guard.1..))
 }
 
@@ -227,8 +227,9 @@ pub fn select_blocks(
     let func = function(&dev, "block_select", &p.scores)?;
     macro_rules! scores {
         ($qv:expr, $kv:expr) => {{
+            let kv = $kv;
             let mut args = stream.launch_builder(&func);
-            args.arg(&mut scores).arg($qv).arg($kv).arg(&bt).arg(&ctx).arg(&cu).arg(&roles).arg(&budget);
+            args.arg(&mut scores).arg($qv).arg(&kv).arg(&bt).arg(&ctx).arg(&cu).arg(&roles).arg(&budget);
             args.arg(&h).arg(&kvh).arg(&max_blocks).arg(&bpc).arg(&layer);
             launch(args, &p.scores)?
         }};
@@ -236,9 +237,9 @@ pub fn select_blocks(
     with_float_slice!(&q.slice, OP, |qs: T| {
         let qv = qs.slice(q_off..);
         match shape.cache {
-            CacheFormat::Float => scores!(&qv, &k.as_cuda_slice::<T>()?.slice(k_off..)),
-            CacheFormat::Int8 => scores!(&qv, &k.as_cuda_slice::<u8>()?.slice(k_off..)),
-            CacheFormat::Fp8 => scores!(&qv, &k.as_cuda_slice::<float8::F8E4M3>()?.slice(k_off..)),
+            CacheFormat::Float => scores!(&qv, k.as_cuda_slice::<T>()?.slice(k_off..)),
+            CacheFormat::Int8 => scores!(&qv, k.as_cuda_slice::<u8>()?.slice(k_off..)),
+            CacheFormat::Fp8 => scores!(&qv, k.as_cuda_slice::<float8::F8E4M3>()?.slice(k_off..)),
         }
     });
 
