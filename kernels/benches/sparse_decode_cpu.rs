@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Result, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use kvault_kernels::{
-    paged_attention, paged_attention_sparse, select_blocks, write_kv, AttentionMetadata, HeadRoles, KvCacheShape, KvDtype,
-    LayerKvCache, SparseDecodePlan,
+    paged_attention, paged_attention_sparse, select_blocks, write_kv, AttentionMetadata, HeadRoles, KvCacheShape, KvDtype, LayerKvCache,
+    SparseDecodePlan,
 };
 
 const HEADS: usize = 9;

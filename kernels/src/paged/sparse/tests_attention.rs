@@ -13,8 +13,7 @@ use crate::paged::{paged_attention, KvDtype};
 /// A prefill chunk, a full decode row (budget 0), sparse decode rows with ragged contexts (one
 /// long enough to split its full heads, one selecting enough blocks to split its selection, one
 /// whose budget covers its context, a one-token one).
-const SEQS: [(usize, usize, u32); 7] =
-    [(33, 20, 0), (100, 1, 0), (700, 1, 12), (1800, 1, 70), (250, 1, 5), (37, 1, 8), (0, 1, 2)];
+const SEQS: [(usize, usize, u32); 7] = [(33, 20, 0), (100, 1, 0), (700, 1, 12), (1800, 1, 70), (250, 1, 5), (37, 1, 8), (0, 1, 2)];
 
 /// Naive attention of every (token, query head): the keys it sees are the selected blocks'
 /// valid rows for a sparse head of a sparse sequence, else its whole causal view; zeros when none.
