@@ -10,6 +10,20 @@
 //! Must not know: requests, policies or how budgets are picked (the engine builds the plan), nor
 //! how roles were calibrated (the models crate).
 //!
+//! # One decode step (the engine's side)
+//! ```text
+//! let plan = SparseDecodePlan::new(roles.clone(), budgets, sinks, recents, &meta, &device)?; // blocks; 0 = dense
+//! let mut selection = plan.initial_selection(&meta)?;                                        // [S, H, plan.width]
+//! for layer in 0..num_layers {
+//!     write_kv(&cache.layers[layer], &k, &v, &meta)?;
+//!     let out = paged_attention_sparse(&q, &cache.layers[layer], &meta, scale, &plan, layer, &selection)?;
+//!     selection = select_blocks(&q, &cache.layers[layer], &meta, &plan, layer, &selection)?;
+//! }
+//! ```
+//! `select_blocks` reads only `q` and the cache, so it may run before or after the attention of
+//! its layer, but after its `write_kv` (the newest key takes part in the scores) and before the
+//! layers above. With no budget in the batch both ops reduce to `paged_attention` / a no-op.
+//!
 //! # CUDA hooks
 //! With the `cuda` feature the ops' `cuda_fwd` call these (implemented on the CUDA branch in
 //! `kernels/src/cuda/`, re-exported from `crate::cuda::ops`; until it lands the `cuda` feature
@@ -145,6 +159,7 @@ fn run_attention(
     layer: usize,
     selection: &Tensor,
 ) -> Result<Tensor> {
+    let selection = &selection.contiguous()?;
     let op = PagedAttentionSparse { meta, softmax_scale, plan, layer, selection, level };
     q.contiguous()?.apply_op3_no_bwd(&cache.key, &cache.value, &op)
 }
