@@ -74,15 +74,17 @@ __device__ __forceinline__ void kv_attn_reset(KvAttnSmem s, int rows) {
     __syncthreads();
 }
 
-// Attends rows [0, rows) to cache blocks [blk_begin, blk_end) of one sequence's table, for one
+// Attends rows [0, rows) to one cache block of one sequence: logical block `logical` (its keys
+// are positions [logical * BS, logical * BS + BS)), stored in physical block `physical`, for one
 // KV head. Positions >= a row's limit are masked. Must be called by the whole CTA with the same
-// arguments (it contains barriers). blockDim.x must be a multiple of 32.
+// arguments (it contains barriers). blockDim.x must be a multiple of 32. Sparse decode calls it
+// directly for a head's selected blocks; everything else goes through kv_attend_blocks.
 template <typename C, int BS, int D>
-__device__ void kv_attend_blocks(KvAttnSmem s, typename KvRow<C>::E* v_tile, int rows,
-                                 const typename KvRow<C>::E* __restrict__ k_cache,
-                                 const typename KvRow<C>::E* __restrict__ v_cache,
-                                 const unsigned* __restrict__ table, int kv_head, int num_kv_heads,
-                                 int blk_begin, int blk_end, int max_limit) {
+__device__ __forceinline__ void kv_attend_block(KvAttnSmem s, typename KvRow<C>::E* v_tile, int rows,
+                                                const typename KvRow<C>::E* __restrict__ k_cache,
+                                                const typename KvRow<C>::E* __restrict__ v_cache,
+                                                unsigned physical, int logical, int kv_head,
+                                                int num_kv_heads, int max_limit) {
     static_assert(BS <= KV_WARP_SIZE, "one lane per token of a cache block in the softmax step");
     static_assert(D % KV_WARP_SIZE == 0, "head_dim must be a multiple of 32");
     using Row = KvRow<C>;
@@ -91,68 +93,80 @@ __device__ void kv_attend_blocks(KvAttnSmem s, typename KvRow<C>::E* v_tile, int
     const int lane = threadIdx.x % KV_WARP_SIZE;
     const int warp = threadIdx.x / KV_WARP_SIZE;
     const int num_warps = blockDim.x / KV_WARP_SIZE;
+    const int b = logical;
 
-    for (int b = blk_begin; b < blk_end; ++b) {
-        const long long base = ((long long)table[b] * num_kv_heads + kv_head) * BS * ROW;
-        // Tokens of this block that any row may see; the rest are never read (they may hold
-        // another sequence's leftovers).
-        const int valid = min(BS, max_limit - b * BS);
+    const long long base = ((long long)physical * num_kv_heads + kv_head) * BS * ROW;
+    // Tokens of this block that any row may see; the rest are never read (they may hold
+    // another sequence's leftovers).
+    const int valid = min(BS, max_limit - b * BS);
 
-        // Scores: warp w owns tokens w, w + num_warps, ...; lanes split the head dim.
-        for (int t = warp; t < valid; t += num_warps) {
-            float k[PER_LANE];
+    // Scores: warp w owns tokens w, w + num_warps, ...; lanes split the head dim.
+    for (int t = warp; t < valid; t += num_warps) {
+        float k[PER_LANE];
 #pragma unroll
-            for (int i = 0; i < PER_LANE; ++i)
-                k[i] = Row::get(k_cache[base + t * ROW + lane + i * KV_WARP_SIZE]);
-            float k_scale = 1.0f;
-            if constexpr (Row::QUANT) k_scale = kv_row_scale<D>(k_cache + base + t * ROW);
-            for (int r = 0; r < rows; ++r) {
-                float dot = 0.0f;
+        for (int i = 0; i < PER_LANE; ++i)
+            k[i] = Row::get(k_cache[base + t * ROW + lane + i * KV_WARP_SIZE]);
+        float k_scale = 1.0f;
+        if constexpr (Row::QUANT) k_scale = kv_row_scale<D>(k_cache + base + t * ROW);
+        for (int r = 0; r < rows; ++r) {
+            float dot = 0.0f;
 #pragma unroll
-                for (int i = 0; i < PER_LANE; ++i) dot += k[i] * s.q[r * D + lane + i * KV_WARP_SIZE];
-                dot = kv_warp_sum(dot);
-                if constexpr (Row::QUANT) dot *= k_scale;
-                if (lane == 0) s.p[r * BS + t] = b * BS + t < s.limit[r] ? dot : -INFINITY;
-            }
+            for (int i = 0; i < PER_LANE; ++i) dot += k[i] * s.q[r * D + lane + i * KV_WARP_SIZE];
+            dot = kv_warp_sum(dot);
+            if constexpr (Row::QUANT) dot *= k_scale;
+            if (lane == 0) s.p[r * BS + t] = b * BS + t < s.limit[r] ? dot : -INFINITY;
         }
-        for (int i = threadIdx.x; i < valid * ROW; i += blockDim.x) v_tile[i] = v_cache[base + i];
-        __syncthreads();
-
-        // Online softmax: warp w owns rows w, w + num_warps, ...; lane t holds token t.
-        for (int r = warp; r < rows; r += num_warps) {
-            const float score = lane < valid ? s.p[r * BS + lane] : -INFINITY;
-            const float m_old = s.m[r];
-            const float m_new = fmaxf(m_old, kv_warp_max(score));
-            // A row that has seen only masked positions so far keeps m = -inf; exp(-inf - -inf)
-            // would be NaN, so it contributes nothing and rescales by 1.
-            const bool empty = m_new == -INFINITY;
-            const float prob = empty ? 0.0f : expf(score - m_new);
-            const float alpha = empty ? 1.0f : expf(m_old - m_new);
-            const float sum = kv_warp_sum(prob);
-            if (lane < valid) s.p[r * BS + lane] = prob;
-            if (lane == 0) {
-                s.m[r] = m_new;
-                s.l[r] = s.l[r] * alpha + sum;
-                s.alpha[r] = alpha;
-            }
-        }
-        __syncthreads();
-
-        // acc = acc * alpha + P V: each thread owns fixed (row, dim) pairs.
-        for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
-            const int r = i / D;
-            const int d = i % D;
-            float a = s.acc[i] * s.alpha[r];
-            for (int t = 0; t < valid; ++t) {
-                float p = s.p[r * BS + t];
-                if constexpr (Row::QUANT) p *= kv_row_scale<D>(v_tile + t * ROW);
-                a += p * Row::get(v_tile[t * ROW + d]);
-            }
-            s.acc[i] = a;
-        }
-        // The next block overwrites p and the V tile.
-        __syncthreads();
     }
+    for (int i = threadIdx.x; i < valid * ROW; i += blockDim.x) v_tile[i] = v_cache[base + i];
+    __syncthreads();
+
+    // Online softmax: warp w owns rows w, w + num_warps, ...; lane t holds token t.
+    for (int r = warp; r < rows; r += num_warps) {
+        const float score = lane < valid ? s.p[r * BS + lane] : -INFINITY;
+        const float m_old = s.m[r];
+        const float m_new = fmaxf(m_old, kv_warp_max(score));
+        // A row that has seen only masked positions so far keeps m = -inf; exp(-inf - -inf)
+        // would be NaN, so it contributes nothing and rescales by 1.
+        const bool empty = m_new == -INFINITY;
+        const float prob = empty ? 0.0f : expf(score - m_new);
+        const float alpha = empty ? 1.0f : expf(m_old - m_new);
+        const float sum = kv_warp_sum(prob);
+        if (lane < valid) s.p[r * BS + lane] = prob;
+        if (lane == 0) {
+            s.m[r] = m_new;
+            s.l[r] = s.l[r] * alpha + sum;
+            s.alpha[r] = alpha;
+        }
+    }
+    __syncthreads();
+
+    // acc = acc * alpha + P V: each thread owns fixed (row, dim) pairs.
+    for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
+        const int r = i / D;
+        const int d = i % D;
+        float a = s.acc[i] * s.alpha[r];
+        for (int t = 0; t < valid; ++t) {
+            float p = s.p[r * BS + t];
+            if constexpr (Row::QUANT) p *= kv_row_scale<D>(v_tile + t * ROW);
+            a += p * Row::get(v_tile[t * ROW + d]);
+        }
+        s.acc[i] = a;
+    }
+    // The next block overwrites p and the V tile.
+    __syncthreads();
+}
+
+// Attends rows [0, rows) to cache blocks [blk_begin, blk_end) of one sequence's table, for one
+// KV head (kv_attend_block on each, in order). Same calling rules as kv_attend_block.
+template <typename C, int BS, int D>
+__device__ void kv_attend_blocks(KvAttnSmem s, typename KvRow<C>::E* v_tile, int rows,
+                                 const typename KvRow<C>::E* __restrict__ k_cache,
+                                 const typename KvRow<C>::E* __restrict__ v_cache,
+                                 const unsigned* __restrict__ table, int kv_head, int num_kv_heads,
+                                 int blk_begin, int blk_end, int max_limit) {
+    for (int b = blk_begin; b < blk_end; ++b)
+        kv_attend_block<C, BS, D>(s, v_tile, rows, k_cache, v_cache, table[b], b, kv_head,
+                                  num_kv_heads, max_limit);
 }
 
 // One attention kernel instantiated at every compiled (block size, head dim); kernels/src/cuda/

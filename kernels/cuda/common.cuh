@@ -73,3 +73,34 @@ __device__ __forceinline__ float kv_block_sum(float v, float* scratch) {
 }
 
 __device__ __forceinline__ unsigned kv_ceil_div(unsigned a, unsigned b) { return (a + b - 1) / b; }
+
+// Exclusive prefix sum of `v` over the block in thread order; `*total` gets the block's sum.
+// Same rules as kv_block_sum (blockDim.x a multiple of 32, `scratch` >= 33 ints of shared
+// memory, free again on return).
+__device__ __forceinline__ int kv_block_exclusive_scan(int v, int* scratch, int* total) {
+    const int lane = threadIdx.x % KV_WARP_SIZE;
+    const int warp = threadIdx.x / KV_WARP_SIZE;
+    const int num_warps = blockDim.x / KV_WARP_SIZE;
+    int inclusive = v;
+    for (int offset = 1; offset < KV_WARP_SIZE; offset <<= 1) {
+        const int up = __shfl_up_sync(KV_FULL_MASK, inclusive, offset);
+        if (lane >= offset) inclusive += up;
+    }
+    if (lane == KV_WARP_SIZE - 1) scratch[warp] = inclusive;
+    __syncthreads();
+    if (warp == 0) {
+        const int w = lane < num_warps ? scratch[lane] : 0;
+        int w_inclusive = w;
+        for (int offset = 1; offset < KV_WARP_SIZE; offset <<= 1) {
+            const int up = __shfl_up_sync(KV_FULL_MASK, w_inclusive, offset);
+            if (lane >= offset) w_inclusive += up;
+        }
+        if (lane < num_warps) scratch[lane] = w_inclusive - w;  // warps before this one
+        if (lane == KV_WARP_SIZE - 1) scratch[KV_WARP_SIZE] = w_inclusive;
+    }
+    __syncthreads();
+    const int result = scratch[warp] + inclusive - v;
+    *total = scratch[KV_WARP_SIZE];
+    __syncthreads();
+    return result;
+}

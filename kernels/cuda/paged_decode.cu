@@ -9,7 +9,7 @@
 // [S, H, splits]. Split z covers blocks [z * blocks_per_split, (z+1) * blocks_per_split) clipped
 // to the sequence's blocks; a short sequence's trailing splits are empty (l = 0, m = -inf) and
 // weigh nothing in the merge.
-#include "attention.cuh"
+#include "decode_split.cuh"
 
 template <typename T, typename C, int BS, int D>
 __device__ void paged_decode_split(const T* __restrict__ q,
@@ -24,35 +24,19 @@ __device__ void paged_decode_split(const T* __restrict__ q,
     const int seq = blockIdx.x;
     const int kv_head = blockIdx.y;
     const int split = blockIdx.z;
-    const int num_splits = gridDim.z;
     const int group = num_heads / num_kv_heads;
-    const int token = cu_seqlens_q[seq];
     const int context = context_lens[seq];
     const int blk_begin = split * blocks_per_split;
     const int blk_end = min(blk_begin + blocks_per_split, (int)kv_ceil_div(context, BS));
 
     typename KvRow<C>::E* v_tile;
-    KvAttnSmem s = kv_attn_carve<C, BS, D>(smem, group, &v_tile);
-    for (int i = threadIdx.x; i < group * D; i += blockDim.x)
-        s.q[i] = kv_to_float(q[((long long)token * num_heads + kv_head * group) * D + i]) * scale;
-    for (int r = threadIdx.x; r < group; r += blockDim.x) s.limit[r] = context;
-    kv_attn_reset<D>(s, group);
-
+    KvAttnSmem s = kv_decode_begin<T, C, BS, D>(smem, &v_tile, q, cu_seqlens_q[seq], kv_head, group,
+                                                num_heads, context, scale);
     kv_attend_blocks<C, BS, D>(s, v_tile, group, k_cache, v_cache,
                                block_tables + (long long)seq * max_blocks_per_seq, kv_head,
                                num_kv_heads, blk_begin, blk_end, context);
-
-    // Partials are stored normalised (acc / l) so the merge only needs the weights l * e^(m - M).
-    for (int i = threadIdx.x; i < group * D; i += blockDim.x) {
-        const int r = i / D;
-        const int head = kv_head * group + r;
-        const long long row = ((long long)seq * num_heads + head) * num_splits + split;
-        part_out[row * D + i % D] = s.l[r] > 0.0f ? s.acc[i] / s.l[r] : 0.0f;
-        if (i % D == 0) {
-            part_m[row] = s.m[r];
-            part_l[row] = s.l[r];
-        }
-    }
+    kv_decode_store_split<D>(s, group, seq, kv_head, split, gridDim.z, num_heads, part_out, part_m,
+                             part_l);
 }
 
 // `suffix` names q's dtype, then the cache format when it differs (f16_int8: f16 q, int8 cache).
@@ -79,24 +63,8 @@ template <typename T>
 __device__ void paged_decode_merge(T* out, const float* part_out, const float* part_m,
                                    const float* part_l, const unsigned* cu_seqlens_q,
                                    int num_heads, int head_dim, int num_splits) {
-    const int seq = blockIdx.x;
-    const int head = blockIdx.y;
-    const long long row0 = ((long long)seq * num_heads + head) * num_splits;
-    float m_max = -INFINITY;
-    for (int z = 0; z < num_splits; ++z) m_max = fmaxf(m_max, part_m[row0 + z]);
-    const long long token = cu_seqlens_q[seq];
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float num = 0.0f;
-        float den = 0.0f;
-        for (int z = 0; z < num_splits; ++z) {
-            const float l = part_l[row0 + z];
-            if (l == 0.0f) continue;  // empty split: m = -inf, nothing to add
-            const float w = l * expf(part_m[row0 + z] - m_max);
-            num += w * part_out[(row0 + z) * head_dim + d];
-            den += w;
-        }
-        out[(token * num_heads + head) * head_dim + d] = kv_from_float<T>(den > 0.0f ? num / den : 0.0f);
-    }
+    kv_decode_merge_row<T>(out, part_out, part_m, part_l, cu_seqlens_q[blockIdx.x], blockIdx.x,
+                           blockIdx.y, num_heads, head_dim, num_splits);
 }
 
 #define KV_PAGED_DECODE_MERGE(suffix, T)                                                        \

@@ -8,10 +8,11 @@ mod emu_support;
 
 use candle_core::{DType, Device, Result, Tensor};
 use emu_support::kv_policy::{layer_bytes, random_block_copies, random_layer, random_moves};
+use emu_support::sparse::{random_plan, random_roles, random_selection, LAYERS};
 use emu_support::*;
 use kvault_kernels::{
-    attention_mass, copy_blocks, move_slots, paged_attention, rms_norm, rope, silu_mul, write_kv, AttentionMetadata,
-    BlockCopies, KvCacheShape, LayerKvCache, MassVoter, SlotMoves,
+    attention_mass, copy_blocks, move_slots, paged_attention, paged_attention_sparse, rms_norm, rope, select_blocks, silu_mul,
+    write_kv, AttentionMetadata, BlockCopies, KvCacheShape, KvDtype, LayerKvCache, MassVoter, SlotMoves, SparseDecodePlan,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -170,6 +171,50 @@ fn device_move_slots_and_copy_blocks_leave_the_layer_exactly_as_the_cpu_ops() ->
             for (i, name) in ["key", "value", "slot_pos", "slot_score"].iter().enumerate() {
                 assert!(got[i] == want[i], "{name} differs from the CPU ops, {dtype:?} {shape:?}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// The CPU plan rebuilt on the device (its tensors must live where the kernels run).
+fn plan_on(plan: &SparseDecodePlan, meta: &AttentionMetadata, dev: &Device) -> Result<SparseDecodePlan> {
+    let h = &plan.host;
+    SparseDecodePlan::new(plan.roles.clone(), h.budget_blocks.clone(), h.sink_blocks.clone(), h.recent_blocks.clone(), meta, dev)
+}
+
+#[test]
+fn device_sparse_decode_and_block_selection_match_cpu_ops() -> Result<()> {
+    let dev = gpu();
+    let mut rng = StdRng::seed_from_u64(46);
+    for (i, (dtype, block_size, head_dim, group)) in attention_grid().enumerate() {
+        // Long contexts (several splits per full head), a prefill chunk every other case.
+        let mut seqs = vec![(1, 5), (1, 300), (1, 40 * block_size + 3), (1, 2 * block_size + 1)];
+        if i % 2 == 1 {
+            seqs.push((33, 90));
+        }
+        let case = AttnCase { dtype, block_size, head_dim, num_kv_heads: 2, group, seqs };
+        let mut inp = build_attention(&case, &mut rng)?;
+        if i % 3 > 0 {
+            quantize_cache(&mut inp, if i % 3 == 1 { KvDtype::Int8 } else { KvDtype::Fp8 })?;
+        }
+        let roles = random_roles(&mut rng, 2)?;
+        let plan = random_plan(&mut rng, &inp, roles)?;
+        let (q, cache, meta) = to_device(&inp, &dev)?;
+        let gpu_plan = plan_on(&plan, &meta, &dev)?;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let mut selection = plan.initial_selection(&inp.meta)?;
+        for layer in 0..LAYERS {
+            if layer > 0 && i % 2 == 0 {
+                selection = random_selection(&mut rng, &inp, &plan)?;
+            }
+            let gpu_selection = selection.to_device(&dev)?;
+            let want = paged_attention_sparse(&inp.q, &inp.cache, &inp.meta, scale, &plan, layer, &selection)?;
+            let got = paged_attention_sparse(&q, &cache, &meta, scale, &gpu_plan, layer, &gpu_selection)?.to_device(&Device::Cpu)?;
+            assert_close(&got, &want, &format!("device sparse decode layer {layer}, {case:?}"))?;
+            let want = select_blocks(&inp.q, &inp.cache, &inp.meta, &plan, layer, &selection)?;
+            let got = select_blocks(&q, &cache, &meta, &gpu_plan, layer, &gpu_selection)?.to_device(&Device::Cpu)?;
+            assert_eq!(got.to_vec3::<i32>()?, want.to_vec3::<i32>()?, "device select_blocks layer {layer}, {case:?}");
+            selection = want;
         }
     }
     Ok(())

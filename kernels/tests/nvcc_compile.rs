@@ -116,9 +116,10 @@ fn every_kernel_compiles_with_nvcc_for_sm80_and_sm90_and_matches_the_emulated_se
         assert_eq!(compiled, emulated, "kernels compiled for {arch} vs kernels the emulator registered");
     }
     // Attention (decode, merge, prefill): 27; write_kv 4; rms_norm, rope, silu_mul 3 each;
-    // attention_mass 12; move_slots and copy_blocks 4 each (f32, f16, bf16, i32).
-    assert!(emulated.len() >= 60, "expected every dtype/shape instantiation, got {}", emulated.len());
-    for family in ["attention_mass_", "move_slots_", "copy_blocks_"] {
+    // attention_mass 12; move_slots and copy_blocks 4 each (f32, f16, bf16, i32); LycheeDecode:
+    // sparse_decode and block_scores 36 each (9 dtype pairs x 4 shapes), 3 combines, block_topk.
+    assert!(emulated.len() >= 60 + 76, "expected every dtype/shape instantiation, got {}", emulated.len());
+    for family in ["attention_mass_", "move_slots_", "copy_blocks_", "sparse_decode_", "sparse_decode_combine_", "block_scores_", "block_topk"] {
         assert!(emulated.iter().any(|n| n.starts_with(family)), "no {family}* kernel was compiled");
     }
 }

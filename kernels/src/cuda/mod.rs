@@ -13,5 +13,6 @@ pub mod nvcc;
 pub mod ops;
 pub mod plan;
 pub mod ptx;
+mod sparse;
 
 pub use device::{cuda_report, open_device, CudaDeviceInfo, CudaReport, LibraryStatus};

@@ -16,6 +16,7 @@ use super::ptx;
 use crate::AttentionMetadata;
 
 pub use super::kv_policy::{attention_mass, copy_blocks, move_slots};
+pub use super::sparse::{paged_attention_sparse, select_blocks};
 
 pub(super) fn plan_err(e: plan::PlanError) -> candle_core::Error {
     candle_core::Error::Msg(e.0)
@@ -60,6 +61,15 @@ pub(super) fn function(dev: &CudaDevice, module: &str, cfg: &LaunchConfig) -> Re
     Ok(dev.get_or_load_custom_func(&cfg.kernel, &format!("kvault_{module}_{arch}"), &text)?.into_cuda_function())
 }
 
+/// Streaming multiprocessors of the stream's device (the split heuristics aim at about two CTAs each).
+pub(super) fn sm_count(stream: &CudaStream) -> Result<usize> {
+    let n = stream
+        .context()
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .w()?;
+    Ok(n.max(1) as usize)
+}
+
 pub(super) fn launch(mut args: LaunchArgs<'_>, cfg: &LaunchConfig) -> Result<()> {
     let c = cudarc::driver::LaunchConfig {
         grid_dim: (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
@@ -93,6 +103,7 @@ macro_rules! with_float_slice {
         }
     };
 }
+pub(super) use with_float_slice;
 
 /// Device slice of one metadata tensor; the read guard must outlive the launch.
 pub(super) fn metadata_storage<'a>(t: &'a Tensor, op: &str, what: &str) -> Result<(StorageRef<'a>, usize)> {
@@ -312,11 +323,7 @@ impl AttnLaunch<'_> {
         // SAFETY: every element is written by the merge or prefill kernel before it is read.
         let mut out = unsafe { dev.alloc::<T>(self.out_len)? };
         if meta.max_query_len == 1 {
-            let sm_count = stream
-                .context()
-                .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                .w()?;
-            let p = plan::decode_plan(shape, meta.max_context_len, None, sm_count.max(1) as usize).map_err(plan_err)?;
+            let p = plan::decode_plan(shape, meta.max_context_len, None, sm_count(stream)?).map_err(plan_err)?;
             let rows = meta.num_seqs * shape.num_heads * p.num_splits as usize;
             let mut part_out = dev.alloc_zeros::<f32>(rows * shape.head_dim)?;
             let mut part_m = dev.alloc_zeros::<f32>(rows)?;

@@ -8,6 +8,10 @@
 
 use std::fmt;
 
+// The LycheeDecode kernels' geometry, in its own file (same rules as this one).
+#[path = "sparse_plan.rs"]
+pub mod sparse;
+
 /// Threads per attention CTA (4 warps); the .cu kernels are compiled with this launch bound.
 pub const ATTN_THREADS: u32 = 128;
 /// Cache block sizes with compiled attention kernels.

@@ -1,12 +1,13 @@
 //! Shared pieces of the emulation tests: moving candle tensors in and out of kernel buffers,
 //! tolerances, random paged-attention batches, and the launch sequences (argument lists in the
 //! kernels' parameter order, geometry from `plan`, the same as the device glue uses); the
-//! KV-policy kernels' pieces are in [`kv_policy`].
+//! KV-policy kernels' pieces are in [`kv_policy`], the LycheeDecode kernels' in [`sparse`].
 //!
 //! Must not know: expected results. Every comparison is against the CPU ops of kvault-kernels.
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod kv_policy;
+pub mod sparse;
 
 use std::time::Duration;
 
@@ -223,7 +224,7 @@ pub fn emu(e: EmuError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
-fn attention_shape(inp: &AttnInputs) -> AttentionShape {
+pub fn attention_shape(inp: &AttnInputs) -> AttentionShape {
     AttentionShape {
         dtype: kernel_dtype(inp.case.dtype),
         cache: cache_format(&inp.cache),

@@ -42,7 +42,7 @@ const QUERY_TILE: usize = 32;
 /// Keys per split (a multiple of every supported block size). Large enough that rayon's per-task
 /// cost and the merge are small next to the work, small enough that a 2K-context decode yields
 /// several items per kv head.
-const SPLIT_KEYS: usize = 512;
+pub(crate) const SPLIT_KEYS: usize = 512;
 
 pub(crate) struct Geometry {
     pub num_heads: usize,

@@ -16,6 +16,10 @@
 //! Policies such as H2O need the attention mass each slot received; [`mass::attention_mass`]
 //! computes it for the few rows that ask, with this op's masking and scores, so this op stays
 //! a pure online-softmax kernel that does no extra work for anyone.
+//!
+//! # Sparse heads
+//! The CPU kernel also runs `paged_attention_sparse` (`crate::paged::sparse`, LycheeDecode): there
+//! a work item may walk a selection of blocks instead of a block range, with the same inner loop.
 
 pub(crate) mod cpu;
 pub mod mass;
@@ -51,7 +55,13 @@ pub fn paged_attention(
 
 /// The checks every attention op over the paged cache makes: q `[T, num_heads, head_dim]` fits the
 /// metadata and the cache, the block tables fit the cache, and the scale is finite.
-pub(crate) fn check_attention_args(op: &str, q: &Tensor, cache: &LayerKvCache, meta: &AttentionMetadata, softmax_scale: f32) -> Result<KvCacheShape> {
+pub(crate) fn check_attention_args(
+    op: &str,
+    q: &Tensor,
+    cache: &LayerKvCache,
+    meta: &AttentionMetadata,
+    softmax_scale: f32,
+) -> Result<KvCacheShape> {
     let shape = cache.shape()?;
     let (num_tokens, num_heads, head_dim) = q.dims3()?;
     if num_tokens != meta.num_tokens {

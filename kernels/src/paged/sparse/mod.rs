@@ -5,15 +5,30 @@
 //! Owns: the two ops as candle CustomOps — [`paged_attention_sparse`] (attention with sparse
 //! heads) and [`select_blocks`] (the retrieval heads' choice) — with their checks against the
 //! cache and metadata; head roles ([`roles`]) and the step plan ([`plan`]). The CPU work lives in
-//! the attention kernel (`attention::cpu`, which walks a [`walk`] selection) and in [`select`].
+//! the attention kernel (`attention::cpu`, walking the selection that `walk` checks and builds)
+//! and in `select`.
 //! Must not know: requests, policies or how budgets are picked (the engine builds the plan), nor
 //! how roles were calibrated (the models crate).
+//!
+//! # One decode step (the engine's side)
+//! ```text
+//! let plan = SparseDecodePlan::new(roles.clone(), budgets, sinks, recents, &meta, &device)?; // blocks; 0 = dense
+//! let mut selection = plan.initial_selection(&meta)?;                                        // [S, H, plan.width]
+//! for layer in 0..num_layers {
+//!     write_kv(&cache.layers[layer], &k, &v, &meta)?;
+//!     let out = paged_attention_sparse(&q, &cache.layers[layer], &meta, scale, &plan, layer, &selection)?;
+//!     selection = select_blocks(&q, &cache.layers[layer], &meta, &plan, layer, &selection)?;
+//! }
+//! ```
+//! `select_blocks` reads only `q` and the cache, so it may run before or after the attention of
+//! its layer, but after its `write_kv` (the newest key takes part in the scores) and before the
+//! layers above. With no budget in the batch both ops reduce to `paged_attention` / a no-op.
 //!
 //! # CUDA hooks
 //! With the `cuda` feature the ops' `cuda_fwd` call these (implemented on the CUDA branch in
 //! `kernels/src/cuda/`, re-exported from `crate::cuda::ops`; until it lands the `cuda` feature
 //! does not build on this branch alone):
-//! ```ignore
+//! ```text
 //! /// cuda_fwd of paged_attention_sparse (CustomOp3: q, key cache, value cache). `selection` is
 //! /// the I32 [S, H, plan.width] device tensor; plan tensors: budget_blocks, roles_tensor.
 //! pub fn paged_attention_sparse(
@@ -144,6 +159,7 @@ fn run_attention(
     layer: usize,
     selection: &Tensor,
 ) -> Result<Tensor> {
+    let selection = &selection.contiguous()?;
     let op = PagedAttentionSparse { meta, softmax_scale, plan, layer, selection, level };
     q.contiguous()?.apply_op3_no_bwd(&cache.key, &cache.value, &op)
 }

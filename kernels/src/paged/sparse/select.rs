@@ -8,15 +8,19 @@
 //! consumed (the sparse heads of the layers above, through `walk` and the attention kernel).
 
 use std::cmp::Ordering;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use super::plan::SparseDecodePlan;
-use crate::paged::attention::cpu::{dot_at, Geometry, KvRows, Level};
+use crate::paged::attention::cpu::{dot_at, Geometry, KvRows, Level, SPLIT_KEYS};
 use crate::paged::HostMetadata;
 
 /// Rewrites, in `selection` (`[S, H, plan.width]`), the row of every sparse sequence and every KV
 /// head retrieval in `layer`; other rows are left as they are. `q` is `[T, num_heads, head_dim]`.
+///
+/// Scoring runs in tasks of at most `SPLIT_KEYS` keys, like the attention kernel's items, so one
+/// long sequence's scoring keeps every core busy too; the top-k of each row is then sequential.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn choose_blocks<K: KvRows>(
     level: Level,
@@ -28,54 +32,81 @@ pub(super) fn choose_blocks<K: KvRows>(
     layer: usize,
     selection: &mut [i32],
 ) {
-    let retrieval = plan.roles.layer(layer);
-    let heads = g.num_kv_heads;
-    selection
-        .par_chunks_mut(plan.width)
+    let (retrieval, heads, width) = (plan.roles.layer(layer), g.num_kv_heads, plan.width);
+    let rows: Vec<RowChoice> = (0..selection.len() / width)
+        .filter(|row| plan.is_sparse(row / heads) && retrieval[row % heads])
+        .map(|row| RowChoice::new(row, row / heads, row % heads, host, g, plan))
+        .collect();
+    let per_task = (SPLIT_KEYS / g.block_size).max(1);
+    let tasks: Vec<(usize, Range<usize>)> = rows
+        .iter()
         .enumerate()
-        .filter(|(row, _)| plan.is_sparse(row / heads) && retrieval[row % heads])
-        .for_each(|(row, out)| choose_row(level, q, key, host, g, plan, row / heads, row % heads, out));
+        .flat_map(|(i, r)| r.scored.clone().step_by(per_task).map(move |b| (i, b..(b + per_task).min(r.scored.end))))
+        .collect();
+    let scores: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|(i, blocks)| {
+            let r = &rows[*i];
+            let q_mean = group_mean(q, host.query_range(r.seq).start, r.kv_head, g);
+            let mut reader = KeyReader { scratch: Vec::new(), scales: vec![0f32; g.block_size] };
+            blocks.clone().map(|b| reader.block_score(level, &q_mean, key, host, g, r.seq, r.kv_head, b)).collect()
+        })
+        .collect();
+    let mut row_scores: Vec<Vec<f32>> = vec![Vec::new(); rows.len()];
+    for ((i, _), task_scores) in tasks.iter().zip(scores) {
+        row_scores[*i].extend(task_scores); // a row's tasks are in block order
+    }
+    for (r, scores) in rows.iter().zip(row_scores) {
+        r.write(&scores, &mut selection[r.row * width..(r.row + 1) * width]);
+    }
 }
 
-/// One retrieval head's choice for one sequence, written ascending and -1 padded into `out`.
-#[allow(clippy::too_many_arguments)]
-fn choose_row<K: KvRows>(
-    level: Level,
-    q: &[f32],
-    key: &K,
-    host: &HostMetadata,
-    g: &Geometry,
-    plan: &SparseDecodePlan,
+/// One retrieval head's choice for one sparse sequence.
+struct RowChoice {
+    /// Row of the selection (`seq * H + kv_head`).
+    row: usize,
     seq: usize,
     kv_head: usize,
-    out: &mut [i32],
-) {
-    let blocks = (host.context_lens[seq] as usize).div_ceil(g.block_size);
-    let budget = plan.host.budget_blocks[seq] as usize;
-    out.fill(-1);
-    if blocks <= budget {
-        out.iter_mut().zip(0..).take(blocks).for_each(|(o, b)| *o = b);
-        return;
+    /// Blocks of the context.
+    blocks: usize,
+    /// The budget covers the context: every block, no scores.
+    fits: bool,
+    sink: usize,
+    recent: usize,
+    /// Blocks chosen by score.
+    picks: usize,
+    /// Blocks competing for the picks (empty when there is nothing to pick).
+    scored: Range<usize>,
+}
+
+impl RowChoice {
+    fn new(row: usize, seq: usize, kv_head: usize, host: &HostMetadata, g: &Geometry, plan: &SparseDecodePlan) -> Self {
+        let blocks = (host.context_lens[seq] as usize).div_ceil(g.block_size);
+        let budget = plan.host.budget_blocks[seq] as usize;
+        let (sink, recent) = (plan.host.sink_blocks[seq] as usize, plan.host.recent_blocks[seq] as usize);
+        // sink + recent <= budget (plan validation); when budget < blocks the sink and recent
+        // ranges never meet and `picks` blocks come from between them.
+        let fits = blocks <= budget;
+        let picks = if fits { 0 } else { budget - sink - recent };
+        let scored = if picks > 0 { sink..blocks - recent } else { 0..0 };
+        Self { row, seq, kv_head, blocks, fits, sink, recent, picks, scored }
     }
-    // sink + recent <= budget < blocks (plan validation), so the two ranges never meet.
-    let (sink, recent) = (plan.host.sink_blocks[seq] as usize, plan.host.recent_blocks[seq] as usize);
-    let middle = sink..blocks - recent;
-    let picks = budget - sink - recent;
-    let mut chosen: Vec<usize> = Vec::with_capacity(budget);
-    chosen.extend(0..sink);
-    if picks > 0 {
-        let q_mean = group_mean(q, host.query_range(seq).start, kv_head, g);
-        let mut reader = KeyReader { scratch: Vec::new(), scales: vec![0f32; g.block_size] };
-        let mut scored: Vec<(f32, usize)> =
-            middle.clone().map(|b| (reader.block_score(level, &q_mean, key, host, g, seq, kv_head, b), b)).collect();
-        scored.sort_unstable_by(higher_score_then_lower_block);
-        let mut top: Vec<usize> = scored[..picks].iter().map(|&(_, b)| b).collect();
-        top.sort_unstable();
-        chosen.extend(top);
-    }
-    chosen.extend(middle.end..blocks);
-    for (o, b) in out.iter_mut().zip(chosen) {
-        *o = b as i32;
+
+    /// Writes the choice, ascending and -1 padded; `scores[i]` is block `scored.start + i`'s.
+    fn write(&self, scores: &[f32], out: &mut [i32]) {
+        out.fill(-1);
+        let chosen: Vec<usize> = if self.fits {
+            (0..self.blocks).collect()
+        } else {
+            let mut ranked: Vec<(f32, usize)> = scores.iter().zip(self.scored.clone()).map(|(&s, b)| (s, b)).collect();
+            ranked.sort_unstable_by(higher_score_then_lower_block);
+            let mut top: Vec<usize> = ranked[..self.picks].iter().map(|&(_, b)| b).collect();
+            top.sort_unstable();
+            (0..self.sink).chain(top).chain(self.blocks - self.recent..self.blocks).collect()
+        };
+        for (o, b) in out.iter_mut().zip(chosen) {
+            *o = b as i32;
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use crate::paged::attention::tests::Spec;
 use crate::paged::{paged_attention, KvDtype};
 
 /// A prefill chunk, a full decode row (budget 0), sparse decode rows with ragged contexts (one
-/// long enough to split its full heads, one whose budget covers its context, a one-token one).
-const SEQS: [(usize, usize, u32); 6] = [(33, 20, 0), (100, 1, 0), (700, 1, 12), (250, 1, 5), (37, 1, 8), (0, 1, 2)];
+/// long enough to split its full heads, one selecting enough blocks to split its selection, one
+/// whose budget covers its context, a one-token one).
+const SEQS: [(usize, usize, u32); 7] = [(33, 20, 0), (100, 1, 0), (700, 1, 12), (1800, 1, 70), (250, 1, 5), (37, 1, 8), (0, 1, 2)];
 
 /// Naive attention of every (token, query head): the keys it sees are the selected blocks'
 /// valid rows for a sparse head of a sparse sequence, else its whole causal view; zeros when none.
@@ -51,6 +52,19 @@ fn naive(sc: &SparseCase, layer: usize, scale: f64) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Head 1 of sequence 3 (1801 keys) selects every other block: more than 512 keys, so its
+/// selection is cut into several work items whatever the block size.
+fn split_selection(sc: &mut SparseCase) -> Result<()> {
+    let width = sc.plan.width;
+    let picks: Vec<i32> = (0..sc.blocks(3) as i32).step_by(2).take(width).collect();
+    assert!(picks.len() * sc.case.shape.block_size > 512);
+    let mut rows = sc.rows.clone();
+    let row = &mut rows[(3 * 3 + 1) * width..][..width];
+    row.fill(-1);
+    row[..picks.len()].copy_from_slice(&picks);
+    sc.set_rows(rows)
+}
+
 fn run(sc: &SparseCase, level: Level, layer: usize, scale: f32) -> Result<Vec<f32>> {
     let c = &sc.case;
     let out = run_attention(level, &c.q, &c.cache, &c.meta, scale, &sc.plan, layer, &sc.selection)?;
@@ -84,7 +98,8 @@ fn sparse_heads_attend_exactly_their_selected_blocks_for_every_dtype_gqa_and_lev
                 for &head_dim in head_dims {
                     let spec = Spec { cache_dtype: dtype, ..Spec::f32(block_size, 3, group, head_dim) };
                     let seed = 500 + i as u64 * 100 + block_size as u64 + group as u64 * 7 + head_dim as u64;
-                    let sc = sparse_case(seed, &spec, &SEQS, three_layer_roles(3))?;
+                    let mut sc = sparse_case(seed, &spec, &SEQS, three_layer_roles(3))?;
+                    split_selection(&mut sc)?;
                     let scale = 1.0 / (head_dim as f32).sqrt();
                     for layer in [1, 2] {
                         let want = naive(&sc, layer, scale as f64)?;
@@ -188,13 +203,13 @@ fn inconsistent_arguments_are_one_line_errors() -> Result<()> {
     expect(attend(&sc.plan, 3, &sc.selection), "layer 3");
     expect(attend(&sc.plan, 1, &sc.selection.narrow(2, 0, 1)?), "selection is");
     expect(attend(&sc.plan, 1, &sc.selection.to_dtype(DType::F32)?), "must be I32");
-    let foreign = SparseDecodePlan::new(three_layer_roles(2), vec![0; 6], vec![0; 6], vec![0; 6], &c.meta, &Device::Cpu)?;
+    let foreign = SparseDecodePlan::new(three_layer_roles(2), vec![0; 7], vec![0; 7], vec![0; 7], &c.meta, &Device::Cpu)?;
     expect(attend(&foreign, 1, &sc.selection), "head roles are for 2 KV heads");
-    // A sparse head's row naming a block past its context (sequence 3 has 16 blocks).
+    // A sparse head's row naming a block past its context (sequence 4 has 16 blocks).
     let mut rows = sc.rows.clone();
-    let at = (3 * 3 + 1) * sc.plan.width;
+    let at = (4 * 3 + 1) * sc.plan.width;
     rows[at..at + 2].copy_from_slice(&[2, 16]);
     let bad = Tensor::from_slice(&rows, sc.selection.dims(), &Device::Cpu)?;
-    expect(attend(&sc.plan, 1, &bad), "selection[3, 1, 1] = 16");
+    expect(attend(&sc.plan, 1, &bad), "selection[4, 1, 1] = 16");
     Ok(())
 }
