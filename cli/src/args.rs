@@ -14,6 +14,8 @@ use kvault_engine::sampler::SamplingParams;
 use kvault_engine::sizing::{parse_bytes, CacheBudget};
 use kvault_kernels::KvDtype;
 use kvault_models::gates::{gates_beside_model, load_gates, RetentionGates};
+use kvault_models::head_roles::{head_roles_beside_model, load_head_roles};
+use kvault_kernels::HeadRoles;
 use kvault_kernels::MatmulPrecision;
 use kvault_models::model::{load_model, LoadOptions, LoadedModel};
 use kvault_models::source::ModelSource;
@@ -36,6 +38,10 @@ pub struct ModelArgs {
     /// `trimkv_gates.safetensors` beside the model (in its folder), or the embedded model's own.
     #[arg(long)]
     pub kv_gates: Option<std::path::PathBuf>,
+    /// LycheeDecode head roles for `--kv-policy lychee` (from `kvault calibrate-heads`). Default:
+    /// `lychee_heads.safetensors` beside the model (in its folder), or the embedded model's own.
+    #[arg(long)]
+    pub head_roles: Option<std::path::PathBuf>,
     /// Activations of quantized (Q4_0/Q4_1/Q8_0) GGUF matmuls on CPU. `exact`: f32, equal to
     /// the dequantized weights' product up to rounding; `int16`: rounded to 16 bits per 32 values,
     /// integer dot products; `int8`: 8 bits (16 in the attention projections), fastest. All are
@@ -77,11 +83,14 @@ impl ModelArgs {
             PrecisionArg::Int16 => MatmulPrecision::Int16,
             PrecisionArg::Int8 => MatmulPrecision::Int8,
         };
-        let loaded = load_model(&source, &LoadOptions { device, dtype, matmul_precision })?;
-        match find_gates(&source, self.kv_gates.as_deref())? {
-            Some(gates) => loaded.with_retention_gates(gates).context("--kv-gates"),
-            None => Ok(loaded),
+        let mut loaded = load_model(&source, &LoadOptions { device, dtype, matmul_precision })?;
+        if let Some(gates) = find_gates(&source, self.kv_gates.as_deref())? {
+            loaded = loaded.with_retention_gates(gates).context("--kv-gates")?;
         }
+        if let Some(roles) = find_head_roles(&source, self.head_roles.as_deref())? {
+            loaded = loaded.with_head_roles(roles).context("--head-roles")?;
+        }
+        Ok(loaded)
     }
 
     /// The name the model is served and reported under.
@@ -106,6 +115,25 @@ fn find_gates(source: &ModelSource, flag: Option<&Path>) -> Result<Option<Retent
         }
     };
     Ok(Some(load_gates(&path, &Device::Cpu).context("--kv-gates")?.gates))
+}
+
+/// The model's LycheeDecode head roles, found like its gates: `--head-roles`, else the
+/// documented file beside the model, else the embedded model's own; `None` when there are none
+/// (only `lychee` requests need them).
+fn find_head_roles(source: &ModelSource, flag: Option<&Path>) -> Result<Option<HeadRoles>> {
+    let file = match (flag, source) {
+        (Some(p), _) => load_head_roles(p).context("--head-roles")?,
+        (None, ModelSource::Embedded) => kvault_models::embedded::head_roles()?,
+        (None, ModelSource::Folder(p) | ModelSource::Gguf(p)) => {
+            let beside = head_roles_beside_model(p);
+            if !beside.is_file() {
+                return Ok(None);
+            }
+            load_head_roles(&beside).context("--head-roles")?
+        }
+    };
+    let (layers, heads, retrieval) = file.roles_parts();
+    Ok(Some(HeadRoles::new(layers, heads, retrieval).context("--head-roles")?))
 }
 
 pub fn parse_device(text: &str) -> Result<Device> {

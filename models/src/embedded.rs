@@ -14,6 +14,15 @@ pub const LICENSE: &str = include_str!("../assets/stories260K/LICENSE");
 /// assets/stories260K/trimkv_gates.json), so `--kv-policy trimkv` works with no arguments.
 pub const TRIMKV_GATES_SAFETENSORS: &[u8] = include_bytes!("../assets/stories260K/trimkv_gates.safetensors");
 
+/// LycheeDecode head roles calibrated for this model with `kvault calibrate-heads` (provenance
+/// in assets/stories260K/lychee_heads.json), so `--kv-policy lychee` works with no arguments.
+pub const LYCHEE_HEADS_SAFETENSORS: &[u8] = include_bytes!("../assets/stories260K/lychee_heads.safetensors");
+
+/// The embedded head roles.
+pub fn head_roles() -> anyhow::Result<crate::head_roles::HeadRolesFile> {
+    crate::head_roles::read_head_roles(LYCHEE_HEADS_SAFETENSORS, &format!("embedded {NAME} lychee_heads.safetensors"))
+}
+
 /// The embedded retention gates, on the CPU.
 pub fn retention_gates() -> anyhow::Result<crate::gates::RetentionGates> {
     let origin = format!("embedded {NAME} trimkv_gates.safetensors");

@@ -79,6 +79,16 @@ pub fn run(args: EvalKvArgs) -> Result<()> {
     if args.chunk == 0 || args.context_len < 2 {
         bail!("--chunk must be at least 1 and --context-len at least 2");
     }
+    // Lychee narrows what one-token steps read and leaves prefill alone: scored in chunks (or
+    // through a server, which scores prompts in prefill) it would report the full cache's numbers.
+    if args.policies.contains(&KvPolicyKind::Lychee) {
+        if args.base_url.is_some() {
+            bail!("--policies lychee: a server scores the prompt in prefill, which lychee leaves unchanged; run it locally with --chunk 1");
+        }
+        if args.chunk != 1 {
+            bail!("--policies lychee changes decode steps only: score it with --chunk 1 (every token a one-token step)");
+        }
+    }
     let text = std::fs::read_to_string(&args.text).with_context(|| format!("{}: cannot read the text", args.text.display()))?;
     if let Some(url) = &args.base_url {
         return run_remote(&args, url, &policies, &text);

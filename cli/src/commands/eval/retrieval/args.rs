@@ -71,8 +71,8 @@ pub struct RetrievalArgs {
 }
 
 /// Flags that configure an in-process model and engine, meaningless against a server.
-const ENGINE_FLAGS: [&str; 12] = [
-    "dtype", "device", "kv_gates", "block_size", "kv_cache_memory", "num_blocks", "max_model_len", "max_num_seqs",
+const ENGINE_FLAGS: [&str; 13] = [
+    "dtype", "device", "kv_gates", "head_roles", "block_size", "kv_cache_memory", "num_blocks", "max_model_len", "max_num_seqs",
     "max_num_batched_tokens", "scheduler", "no_prefix_caching", "kv_cache_dtype",
 ];
 
