@@ -323,4 +323,20 @@ fn throughput_and_latency_name_the_kv_policy_in_their_header_and_json() {
     }
     let kv = &read_json(&json)["kv_policy"];
     assert_eq!((kv["policy"].as_str(), kv["budget"].as_u64(), kv["recent_window"].as_u64()), (Some("h2o"), Some(64), Some(32)), "{kv}");
+
+    // lychee (the embedded model's own head roles) decodes past its budget in both benches.
+    let json = dir.path().join("lychee.json");
+    let o = kvault(&[
+        "bench", "throughput", "--input-len", "120", "--output-len", "16", "--num-prompts", "2",
+        "--kv-policy", "lychee", "--kv-budget", "32", "--output-json", json.to_str().unwrap(),
+    ]);
+    let out = assert_ok(&o);
+    assert_eq!(out.lines().next(), Some("KV policy: lychee (budget 32, sinks 4, recent 8)"), "{out}");
+    let kv = &read_json(&json)["kv_policy"];
+    assert_eq!((kv["policy"].as_str(), kv["budget"].as_u64(), kv["sink_tokens"].as_u64()), (Some("lychee"), Some(32), Some(4)), "{kv}");
+    let o = kvault(&[
+        "bench", "latency", "--input-len", "120", "--output-len", "8", "--num-iters", "1", "--num-iters-warmup", "0",
+        "--kv-policy", "lychee", "--kv-budget", "32",
+    ]);
+    assert!(assert_ok(&o).contains("lychee (budget 32, sinks 4, recent 8)"));
 }
