@@ -90,7 +90,8 @@ pub struct CalibrateHeadsArgs {
     /// Write a checkpoint (OUT.ckpt.safetensors) every this many steps (0: only at the end).
     #[arg(long, default_value_t = 25)]
     pub checkpoint_every: usize,
-    /// Continue from OUT.ckpt.safetensors (same settings required).
+    /// Continue from OUT.ckpt.safetensors (same settings required; --steps may change, and the
+    /// schedule then follows the new count from the checkpoint on).
     #[arg(long)]
     pub resume: bool,
     /// hardkuma: stop after this step (checkpointed) without writing roles, to continue later
