@@ -162,3 +162,26 @@ fn bad_input_is_a_one_line_error_naming_the_flag() {
     assert!(err.contains("--budget"), "{err}");
     assert!(!out.exists());
 }
+
+#[test]
+fn the_shipped_roles_load_fit_their_models_and_say_how_they_were_made() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let smollm = root.join("gates/smollm2-135m-instruct");
+    for (file, method) in [("lychee_heads.safetensors", "hardkuma"), ("lychee_heads.heuristic.safetensors", "heuristic")] {
+        let f = load_head_roles(&smollm.join(file)).unwrap();
+        f.check_fits(30, 3).unwrap();
+        // ~10% of the 87 heads outside layer 0.
+        assert_eq!(f.num_retrieval() - 3, 9, "{file}");
+        assert_eq!(f.metadata["method"], method);
+        let p = provenance(&smollm.join(file));
+        assert_eq!(p["density"], format!("{:.4}", f.density()));
+        assert!(p["command"].as_str().unwrap().contains("calibrate-heads"));
+    }
+    // The hardkuma run's JSON holds the comparison that made it the shipped file.
+    let p = provenance(&smollm.join("lychee_heads.safetensors"));
+    let sets = p["comparison"]["role_sets"].as_array().unwrap();
+    let mse = |name: &str| sets.iter().find(|s| s["name"].as_str().unwrap().starts_with(name)).unwrap()["distill_mse"].as_f64().unwrap();
+    assert!(mse("hardkuma (top") < mse("heuristic"));
+    let stories = load_head_roles(&root.join("models/assets/stories260K/lychee_heads.safetensors")).unwrap();
+    stories.check_fits(5, 4).unwrap();
+}

@@ -54,6 +54,8 @@ pub struct Trained {
     pub final_terms: [f64; 3],
     pub wall_seconds: f64,
     pub tokens_per_second: Option<f64>,
+    /// Training wall seconds of the run before a `--resume` (0 for a fresh run).
+    pub wall_before_resume: f64,
     /// The planned step count of the run a resumed checkpoint came from, when it differs.
     pub replanned_from: Option<usize>,
 }
@@ -168,6 +170,7 @@ pub fn train(model: &TrainingModel, tokenizer: &Tokenizer, data: &Haystacks, s: 
         final_terms: [mean(0), mean(1), mean(2)],
         wall_seconds: wall_before + elapsed,
         tokens_per_second: (tokens > 0).then(|| tokens as f64 / elapsed),
+        wall_before_resume: wall_before,
         replanned_from,
     }))
 }

@@ -90,7 +90,8 @@ pub struct CalibrateHeadsArgs {
     /// Write a checkpoint (OUT.ckpt.safetensors) every this many steps (0: only at the end).
     #[arg(long, default_value_t = 25)]
     pub checkpoint_every: usize,
-    /// Continue from OUT.ckpt.safetensors (same settings required).
+    /// Continue from OUT.ckpt.safetensors (same settings required; --steps may change, and the
+    /// schedule then follows the new count from the checkpoint on).
     #[arg(long)]
     pub resume: bool,
     /// hardkuma: stop after this step (checkpointed) without writing roles, to continue later
@@ -176,6 +177,8 @@ pub fn run(a: CalibrateHeadsArgs) -> Result<()> {
         data.description
     );
 
+    // Wall time of the earlier slices of a resumed run, so wall_seconds covers the whole run.
+    let mut earlier_wall = 0.0;
     let mut md = BTreeMap::from([
         ("method".to_string(), a.method.as_str().to_string()),
         ("model".into(), model_name.clone()),
@@ -222,6 +225,7 @@ pub fn run(a: CalibrateHeadsArgs) -> Result<()> {
             md.insert("final_expected_density".into(), format!("{:.4}", t.final_terms[2]));
             md.insert("lagrange_lambda".into(), format!("{:.6}", t.lagrange.lambda));
             md.insert("training_wall_seconds".into(), format!("{:.1}", t.wall_seconds));
+            earlier_wall = t.wall_before_resume;
             if let Some(tps) = t.tokens_per_second {
                 md.insert("tokens_per_second".into(), format!("{tps:.1}"));
             }
@@ -259,7 +263,7 @@ pub fn run(a: CalibrateHeadsArgs) -> Result<()> {
     };
     md.insert("density".into(), format!("{:.4}", file.density()));
     md.insert("retrieval_heads".into(), format!("{} of {heads} outside layer 0 (+ {kv} in layer 0)", file.num_retrieval() - kv));
-    md.insert("wall_seconds".into(), format!("{:.1}", started.elapsed().as_secs_f64()));
+    md.insert("wall_seconds".into(), format!("{:.1}", earlier_wall + started.elapsed().as_secs_f64()));
     let comparison = md.remove("comparison_json");
     file.metadata = md.clone();
     save_head_roles(&file, &a.out)?;
