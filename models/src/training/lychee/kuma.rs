@@ -118,8 +118,8 @@ mod tests {
     fn samples_follow_the_distribution() {
         for (a, b) in PARAMS {
             // The sampler is the inverse CDF: CDF(x(u)) = u.
-            for u in [0.01, 0.3, 0.5, 0.77, 0.99] {
-                let x = (1.0 - (1.0 - u as f64).powf(1.0 / b)).powf(1.0 / a);
+            for u in [0.01f64, 0.3, 0.5, 0.77, 0.99] {
+                let x = (1.0 - (1.0 - u).powf(1.0 / b)).powf(1.0 / a);
                 assert!((kuma_cdf(x, a, b) - u).abs() < 1e-9);
             }
             // Over a fine grid of u, the share of exact zeros and ones and the mean of z match
