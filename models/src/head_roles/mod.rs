@@ -16,20 +16,11 @@ pub use file::{
     head_roles_beside_model, load_head_roles, read_head_roles, save_head_roles, HeadRolesFile, FORMAT, HEAD_ROLES_FILE_NAME,
 };
 
-/// The embedded stories260K's roles (`kvault calibrate-heads`, provenance in
-/// models/assets/stories260K/lychee_heads.json), so the lychee policy works with no arguments.
-pub const EMBEDDED_STORIES260K: &[u8] = include_bytes!("../../assets/stories260K/lychee_heads.safetensors");
-
-/// The embedded model's roles.
-pub fn embedded_head_roles() -> anyhow::Result<HeadRolesFile> {
-    read_head_roles(EMBEDDED_STORIES260K, &format!("embedded {} {HEAD_ROLES_FILE_NAME}", crate::embedded::NAME))
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn the_embedded_roles_fit_stories260k_at_their_documented_density() {
-        let f = super::embedded_head_roles().unwrap();
+        let f = crate::embedded::head_roles().unwrap();
         let c: serde_json::Value = serde_json::from_str(crate::embedded::CONFIG_JSON).unwrap();
         f.check_fits(c["num_hidden_layers"].as_u64().unwrap() as usize, c["num_key_value_heads"].as_u64().unwrap() as usize).unwrap();
         assert_eq!(f.metadata["density"], format!("{:.4}", f.density()));
