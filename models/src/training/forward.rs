@@ -147,14 +147,12 @@ impl TrainingModel {
         Ok(Forward { logits: frozen_linear(&x, &self.lm_head)?, occupancy })
     }
 
-    /// Causal attention of `xn: [t, hidden]` with `bias: [kv or 1, t, t]` added to every logit.
-    fn attention(&self, layer: &Layer, xn: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    /// `q: [heads, t, d]`, `k, v: [kv, t, d]` of `xn: [t, hidden]` at positions `start..start + t`
+    /// (projected, biased, q/k-normed, rotated).
+    pub(super) fn qkv(&self, layer: &Layer, xn: &Tensor, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
         let c = &self.config;
         let (t, d, kv) = (xn.dim(0)?, c.head_dim, c.num_kv_heads);
-        let group = c.num_heads / kv;
-        let mut q = frozen_linear(xn, &layer.q)?;
-        let mut k = frozen_linear(xn, &layer.k)?;
-        let mut v = frozen_linear(xn, &layer.v)?;
+        let (mut q, mut k, mut v) = (frozen_linear(xn, &layer.q)?, frozen_linear(xn, &layer.k)?, frozen_linear(xn, &layer.v)?);
         if let Some((qb, kb, vb)) = &layer.qkv_bias {
             q = q.broadcast_add(qb)?;
             k = k.broadcast_add(kb)?;
@@ -167,8 +165,16 @@ impl TrainingModel {
             q = rms_norm(&q, qn, c.rms_norm_eps)?;
             k = rms_norm(&k, kn, c.rms_norm_eps)?;
         }
-        let q = rope(&q, &self.cos, &self.sin)?;
-        let k = rope(&k, &self.cos, &self.sin)?;
+        let (cos, sin) = (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?);
+        Ok((rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?, v))
+    }
+
+    /// Causal attention of `xn: [t, hidden]` with `bias: [kv or 1, t, t]` added to every logit.
+    fn attention(&self, layer: &Layer, xn: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        let (t, d, kv) = (xn.dim(0)?, c.head_dim, c.num_kv_heads);
+        let group = c.num_heads / kv;
+        let (q, k, v) = self.qkv(layer, xn, 0)?;
         // Query heads of one KV head are consecutive: [kv, group·t, d] against [kv, t, d].
         let q = q.reshape((kv, group * t, d))?;
         let scale = 1.0 / (d as f64).sqrt();

@@ -10,7 +10,7 @@
 //!
 //! Must not know: the paged engine (training never touches the KV cache).
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 pub(crate) mod data;
 pub(crate) mod optim;
 

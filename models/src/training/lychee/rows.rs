@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use super::super::forward::Layer;
 use super::super::frozen::frozen_linear;
-use super::super::ops::{rms_norm, rope, softmax};
+use super::super::ops::{rms_norm, softmax};
 use super::super::TrainingModel;
 use super::mixers::{HeadMixer, LayerPlan, LayerScores};
 
@@ -27,26 +27,6 @@ fn causal(rows: usize, start: usize, dtype: DType) -> Result<Tensor> {
 }
 
 impl TrainingModel {
-    /// `q: [heads, t, d]`, `k, v: [kv, t, d]` of `xn: [t, hidden]` at positions `start..start + t`.
-    fn qkv(&self, layer: &Layer, xn: &Tensor, start: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let c = &self.config;
-        let (t, d, kv) = (xn.dim(0)?, c.head_dim, c.num_kv_heads);
-        let (mut q, mut k, mut v) = (frozen_linear(xn, &layer.q)?, frozen_linear(xn, &layer.k)?, frozen_linear(xn, &layer.v)?);
-        if let Some((qb, kb, vb)) = &layer.qkv_bias {
-            q = q.broadcast_add(qb)?;
-            k = k.broadcast_add(kb)?;
-            v = v.broadcast_add(vb)?;
-        }
-        let heads = |x: Tensor, n: usize| -> Result<Tensor> { Ok(x.reshape((t, n, d))?.transpose(0, 1)?.contiguous()?) };
-        let (mut q, mut k, v) = (heads(q, c.num_heads)?, heads(k, kv)?, heads(v, kv)?);
-        if let Some((qn, kn)) = &layer.qk_norm {
-            q = rms_norm(&q, qn, c.rms_norm_eps)?;
-            k = rms_norm(&k, kn, c.rms_norm_eps)?;
-        }
-        let (cos, sin) = (self.cos.narrow(0, start, t)?, self.sin.narrow(0, start, t)?);
-        Ok((rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?, v))
-    }
-
     /// The rest of a layer after attention: output projection, residual, MLP.
     fn finish_layer(&self, layer: &Layer, x: &Tensor, attn: &Tensor) -> Result<Tensor> {
         let c = &self.config;
