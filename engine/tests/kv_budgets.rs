@@ -63,8 +63,10 @@ fn budget_equal_to_length_is_bit_identical_to_full(model: fn() -> LoadedModel, n
         assert_eq!(g.done.kv.tokens_evicted, 0, "request {i} ({policy})");
     }
     let stats = engine.stats();
-    // Every policy this batch mixed ran (trimkv needs gates: tests/trimkv.rs covers it).
-    let mut used = stats.kv_policies.iter().filter(|c| c.policy != kvault_engine::kv_policy::KvPolicyKind::TrimKv);
+    // Every policy this batch mixed ran (trimkv needs gates, lychee head roles: tests/trimkv.rs
+    // and tests/lychee.rs cover them).
+    use kvault_engine::kv_policy::KvPolicyKind::{Lychee, TrimKv};
+    let mut used = stats.kv_policies.iter().filter(|c| !matches!(c.policy, TrimKv | Lychee));
     assert!(used.all(|c| c.requests > 0), "{:?}", stats.kv_policies);
     engine.check_idle().unwrap();
 }
