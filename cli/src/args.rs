@@ -4,7 +4,7 @@
 //! Every flag value is checked by clap's value parsers, so a bad value is a one-line error that
 //! names the flag, and nothing is loaded before the command line is known to be valid.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -99,38 +99,46 @@ impl ModelArgs {
     }
 }
 
-/// The model's retention gates: `--kv-gates` when given (it must load), else the documented file
-/// beside the model (a broken one is an error too: the user put it there), else the embedded
-/// model's own; `None` when there are none (only `trimkv` requests need them).
-fn find_gates(source: &ModelSource, flag: Option<&Path>) -> Result<Option<RetentionGates>> {
-    let path = match (flag, source) {
-        (Some(p), _) => p.to_path_buf(),
-        (None, ModelSource::Embedded) => return Ok(Some(kvault_models::embedded::retention_gates()?)),
-        (None, ModelSource::Folder(p) | ModelSource::Gguf(p)) => {
-            let beside = gates_beside_model(p);
-            if !beside.is_file() {
-                return Ok(None);
-            }
-            beside
-        }
-    };
-    Ok(Some(load_gates(&path, &Device::Cpu).context("--kv-gates")?.gates))
+/// Where a model's side file (retention gates, head roles) comes from: the flag when given (it must
+/// load), else the documented file beside the model (a broken one is an error too: the user put it
+/// there), else the embedded model's own.
+enum SideFile {
+    Path(PathBuf),
+    Embedded,
+    None,
 }
 
-/// The model's LycheeDecode head roles, found like its gates: `--head-roles`, else the
-/// documented file beside the model, else the embedded model's own; `None` when there are none
-/// (only `lychee` requests need them).
-fn find_head_roles(source: &ModelSource, flag: Option<&Path>) -> Result<Option<HeadRoles>> {
-    let file = match (flag, source) {
-        (Some(p), _) => load_head_roles(p).context("--head-roles")?,
-        (None, ModelSource::Embedded) => kvault_models::embedded::head_roles()?,
+fn side_file(source: &ModelSource, flag: Option<&Path>, beside: fn(&Path) -> PathBuf) -> SideFile {
+    match (flag, source) {
+        (Some(p), _) => SideFile::Path(p.to_path_buf()),
+        (None, ModelSource::Embedded) => SideFile::Embedded,
         (None, ModelSource::Folder(p) | ModelSource::Gguf(p)) => {
-            let beside = head_roles_beside_model(p);
-            if !beside.is_file() {
-                return Ok(None);
+            let path = beside(p);
+            if path.is_file() {
+                SideFile::Path(path)
+            } else {
+                SideFile::None
             }
-            load_head_roles(&beside).context("--head-roles")?
         }
+    }
+}
+
+/// The model's retention gates; `None` when there are none (only `trimkv` requests need them).
+fn find_gates(source: &ModelSource, flag: Option<&Path>) -> Result<Option<RetentionGates>> {
+    Ok(match side_file(source, flag, gates_beside_model) {
+        SideFile::Path(p) => Some(load_gates(&p, &Device::Cpu).context("--kv-gates")?.gates),
+        SideFile::Embedded => Some(kvault_models::embedded::retention_gates()?),
+        SideFile::None => None,
+    })
+}
+
+/// The model's LycheeDecode head roles; `None` when there are none (only `lychee` requests need
+/// them).
+fn find_head_roles(source: &ModelSource, flag: Option<&Path>) -> Result<Option<HeadRoles>> {
+    let file = match side_file(source, flag, head_roles_beside_model) {
+        SideFile::Path(p) => load_head_roles(&p).context("--head-roles")?,
+        SideFile::Embedded => kvault_models::embedded::head_roles()?,
+        SideFile::None => return Ok(None),
     };
     let (layers, heads, retrieval) = file.roles_parts();
     Ok(Some(HeadRoles::new(layers, heads, retrieval).context("--head-roles")?))

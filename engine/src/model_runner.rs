@@ -160,12 +160,11 @@ impl ModelRunner {
         let mut any = false;
         let (mut budget, mut sink, mut recent) = (Vec::new(), Vec::new(), Vec::new());
         for (entry, &ctx) in batch.iter().zip(&meta.host.context_lens) {
-            let blocks = entry.sparse.filter(|_| entry.tokens.len() == 1);
-            let b = blocks.map_or(0, |b| b.budget_at(ctx as usize, bs));
-            any |= b > 0;
-            budget.push(b);
-            sink.push(if b > 0 { blocks.map_or(0, |b| b.sink) } else { 0 });
-            recent.push(if b > 0 { blocks.map_or(0, |b| b.recent) } else { 0 });
+            let sparse = entry.sparse.filter(|b| entry.tokens.len() == 1 && b.budget_at(ctx as usize, bs) > 0);
+            any |= sparse.is_some();
+            budget.push(sparse.map_or(0, |b| b.budget));
+            sink.push(sparse.map_or(0, |b| b.sink));
+            recent.push(sparse.map_or(0, |b| b.recent));
         }
         if !any {
             return Ok(None);

@@ -98,6 +98,17 @@ fn gguf_files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// `name` in `model`'s folder (for a GGUF file, the folder that holds it): where the side files a
+/// model's KV policies learn (retention gates, head roles) are looked for.
+pub fn beside_model(model: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let dir = if model.is_dir() {
+        model
+    } else {
+        model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."))
+    };
+    dir.join(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,3 +152,4 @@ mod tests {
         assert!(err.contains("no model here"), "{err}");
     }
 }
+

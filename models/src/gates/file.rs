@@ -23,8 +23,7 @@ pub const GATES_FILE_NAME: &str = "trimkv_gates.safetensors";
 
 /// Where `model`'s gates would be if they sit beside it.
 pub fn gates_beside_model(model: &Path) -> PathBuf {
-    let dir = if model.is_dir() { model } else { model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
-    dir.join(GATES_FILE_NAME)
+    crate::source::beside_model(model, GATES_FILE_NAME)
 }
 
 fn canonical(layer: usize, param: &str) -> String {

@@ -20,8 +20,7 @@ pub const FORMAT: &str = "kvault LycheeDecode head roles";
 
 /// Where `model`'s roles would be if they sit beside it.
 pub fn head_roles_beside_model(model: &Path) -> PathBuf {
-    let dir = if model.is_dir() { model } else { model.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")) };
-    dir.join(HEAD_ROLES_FILE_NAME)
+    crate::source::beside_model(model, HEAD_ROLES_FILE_NAME)
 }
 
 /// A roles file's contents. `retrieval` is row-major `[num_layers, num_kv_heads]`.

@@ -92,7 +92,10 @@ impl Attention {
             None => paged_attention(&q, cache, meta, self.softmax_scale)?,
             Some(s) => {
                 let attn = paged_attention_sparse(&q, cache, meta, self.softmax_scale, &s.plan, layer, &s.blocks)?;
-                s.blocks = select_blocks(&q, cache, meta, &s.plan, layer, &s.blocks)?;
+                // The last layer's choice would have no reader: skip its scoring pass.
+                if layer + 1 < s.plan.roles.num_layers() {
+                    s.blocks = select_blocks(&q, cache, meta, &s.plan, layer, &s.blocks)?;
+                }
                 attn
             }
         };
