@@ -27,6 +27,35 @@ pub(crate) trait KernelFloat: Elem + Default {
     /// `src` as f32: borrowed as-is for f32 (no copy on the hot path), else converted into
     /// `scratch`.
     fn as_f32<'a>(src: &'a [Self], scratch: &'a mut Vec<f32>) -> &'a [f32];
+    /// `src` as it is stored, for vector loops that widen while they load.
+    fn as_stored(src: &[Self]) -> StoredFloats<'_>;
+}
+
+/// A slice of float elements in their stored type (the three KV float dtypes).
+#[derive(Clone, Copy)]
+pub(crate) enum StoredFloats<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+    Bf16(&'a [bf16]),
+}
+
+impl StoredFloats<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            StoredFloats::F32(s) => s.len(),
+            StoredFloats::F16(s) => s.len(),
+            StoredFloats::Bf16(s) => s.len(),
+        }
+    }
+
+    /// The first element's address, for vector loads that know the element type.
+    pub(crate) fn bytes(&self) -> *const u8 {
+        match self {
+            StoredFloats::F32(s) => s.as_ptr().cast(),
+            StoredFloats::F16(s) => s.as_ptr().cast(),
+            StoredFloats::Bf16(s) => s.as_ptr().cast(),
+        }
+    }
 }
 
 macro_rules! elem {
@@ -80,10 +109,14 @@ impl KernelFloat for f32 {
     fn as_f32<'a>(src: &'a [Self], _scratch: &'a mut Vec<f32>) -> &'a [f32] {
         src
     }
+    #[inline(always)]
+    fn as_stored(src: &[Self]) -> StoredFloats<'_> {
+        StoredFloats::F32(src)
+    }
 }
 
 macro_rules! half_float {
-    ($t:ty) => {
+    ($t:ty, $variant:ident) => {
         impl KernelFloat for $t {
             #[inline(always)]
             fn to_f32(self) -> f32 {
@@ -104,12 +137,16 @@ macro_rules! half_float {
                 src.convert_to_f32_slice(scratch);
                 scratch
             }
+            #[inline(always)]
+            fn as_stored(src: &[Self]) -> StoredFloats<'_> {
+                StoredFloats::$variant(src)
+            }
         }
     };
 }
 
-half_float!(f16);
-half_float!(bf16);
+half_float!(f16, F16);
+half_float!(bf16, Bf16);
 
 /// The storage's dtype, for error messages.
 pub(crate) fn dtype_of(storage: &CpuStorage) -> DType {

@@ -31,7 +31,7 @@
 
 use rayon::prelude::*;
 
-use crate::elem::KernelFloat;
+use crate::elem::{KernelFloat, StoredFloats};
 use crate::paged::kv_dtype::{KvDtype, SCALE_BYTES};
 use crate::paged::quant::decode_row;
 use crate::paged::HostMetadata;
@@ -124,6 +124,28 @@ pub(crate) trait KvRows: Sync {
     /// Rows `[0, n)` of slab `slab` (= physical block · num_kv_heads + kv head) as f32; for a
     /// quantized cache also writes their scales into `scales[..n]` and returns true.
     fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, scales: &mut [f32]) -> (&'a [f32], bool);
+    /// Asks the CPU to start loading slab `slab`'s rows. Paged blocks sit anywhere in the cache,
+    /// and hardware prefetchers stop at every page boundary: without this, a long decode waits
+    /// on memory at the start of every block (f16 then decodes no faster than f32).
+    fn prefetch(&self, slab: usize);
+    /// Rows `[0, n)` of slab `slab` as stored, when they are floats (the vector block step
+    /// widens them while it loads: no converted copy); None for quantized rows.
+    fn stored(&self, slab: usize, n: usize) -> Option<StoredFloats<'_>>;
+}
+
+/// Prefetch hints for every cache line of `bytes` (a hint: never faults, changes no result).
+#[inline(always)]
+fn prefetch_lines<T>(bytes: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (start, len) = (bytes.as_ptr().cast::<i8>(), std::mem::size_of_val(bytes));
+        for offset in (0..len).step_by(64) {
+            // SAFETY: prefetch is a hint on an address inside `bytes`; it never faults.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 /// A float cache `[num_blocks, num_kv_heads, block_size, head_dim]`.
@@ -138,6 +160,18 @@ impl<C: KernelFloat> KvRows for FloatRows<'_, C> {
     fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, _scales: &mut [f32]) -> (&'a [f32], bool) {
         let base = slab * self.block_size * self.head_dim;
         (C::as_f32(&self.data[base..base + n * self.head_dim], scratch), false)
+    }
+
+    #[inline(always)]
+    fn stored(&self, slab: usize, n: usize) -> Option<StoredFloats<'_>> {
+        let base = slab * self.block_size * self.head_dim;
+        Some(C::as_stored(&self.data[base..base + n * self.head_dim]))
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, slab: usize) {
+        let len = self.block_size * self.head_dim;
+        prefetch_lines(&self.data[slab * len..(slab + 1) * len]);
     }
 }
 
@@ -160,6 +194,17 @@ impl KvRows for QuantRows<'_> {
             *scale = decode_row(self.kind, bytes, out);
         }
         (&scratch[..], true)
+    }
+
+    #[inline(always)]
+    fn stored(&self, _slab: usize, _n: usize) -> Option<StoredFloats<'_>> {
+        None
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, slab: usize) {
+        let len = self.block_size * (self.head_dim + SCALE_BYTES);
+        prefetch_lines(&self.data[slab * len..(slab + 1) * len]);
     }
 }
 
@@ -290,7 +335,7 @@ impl Level {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
+            if has!("avx2") && has!("fma") && has!("f16c") {
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("f16c") {
                     return Level::Avx512;
                 }
@@ -332,12 +377,12 @@ fn run_item_dispatch<K: KvRows>(
         Level::Portable => {}
     }
     let _ = level;
-    run_item::<K, false>(item, walk, q, key, value, host, g, scale)
+    run_item::<K, false, false>(item, walk, q, key, value, host, g, scale)
 }
 
 /// An x86 entry point: [`run_item`] with the AVX2 inner loops, compiled for `$features`.
 macro_rules! x86_entry {
-    ($name:ident, $features:literal) => {
+    ($name:ident, $features:literal, $wide:literal) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         #[allow(clippy::too_many_arguments)]
@@ -351,17 +396,20 @@ macro_rules! x86_entry {
             g: &Geometry,
             scale: f32,
         ) -> Partial {
-            run_item::<K, true>(item, walk, q, key, value, host, g, scale)
+            run_item::<K, true, $wide>(item, walk, q, key, value, host, g, scale)
         }
     };
 }
-x86_entry!(run_item_avx2, "avx2,fma");
-x86_entry!(run_item_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
+x86_entry!(run_item_avx2, "avx2,fma,f16c", false);
+// With AVX-512VL the 8-lane loops get ymm16–31: enough registers to run a query's group of rows
+// together (WIDE), same instructions, same bits.
+x86_entry!(run_item_avx512, "avx512f,avx512bw,avx512vl,avx2,fma,f16c", true);
 
 /// `AVX`: use the AVX2+FMA inner loops; only the x86 entry points (entered after detection) set it.
+/// `WIDE`: run a query's group of rows together in the vector block step (AVX-512VL's registers).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn run_item<K: KvRows, const AVX: bool>(
+fn run_item<K: KvRows, const AVX: bool, const WIDE: bool>(
     item: &WorkItem,
     walk: BlockWalk,
     q: &[f32],
@@ -388,20 +436,37 @@ fn run_item<K: KvRows, const AVX: bool>(
     let mut max = vec![f32::NEG_INFINITY; rows];
     let mut sum = vec![0f32; rows];
     let mut acc = vec![0f32; rows * hd];
-    let mut scores = vec![0f32; bs];
+    // The AVX2 block step runs a query's group of rows together and reduces keys eight at a
+    // time: scratch for every row rounded up, and a zero row for the missing keys of a group.
+    let mut scores = vec![0f32; group * bs.div_ceil(8) * 8];
+    let vector_block = AVX && hd % 8 == 0;
+    let zero_row = if vector_block { vec![0f32; hd] } else { Vec::new() };
     let (mut k_scratch, mut v_scratch) = (Vec::new(), Vec::new());
     // Quantized caches: per-row scales of the current block, and probabilities times V scales.
     let (mut k_scales, mut v_scales, mut weights) = (vec![0f32; bs], vec![0f32; bs], vec![0f32; bs]);
     let table = host.block_table(item.seq);
     let last_key = ctx - q_len + item.q_end; // keys the tile's last query sees
-    for logical in walk {
-        let physical = table[logical];
-        let slab = physical as usize * g.num_kv_heads + item.kv_head;
+    let slab_of = |logical: usize| table[logical] as usize * g.num_kv_heads + item.kv_head;
+    let mut walk = walk.peekable();
+    while let Some(logical) = walk.next() {
+        let slab = slab_of(logical);
+        if let Some(&next) = walk.peek() {
+            key.prefetch(slab_of(next));
+            value.prefetch(slab_of(next));
+        }
         let first_key = logical * bs;
         // Rows past every query's view may hold another sequence's leftovers: never decoded.
         let rows_needed = (last_key - first_key).min(bs);
-        let (k, k_quant) = key.rows(slab, rows_needed, &mut k_scratch, &mut k_scales);
-        let (v, v_quant) = value.rows(slab, rows_needed, &mut v_scratch, &mut v_scales);
+        // The vector block step reads float rows where they are stored; everything else gets f32
+        // rows (borrowed for an f32 cache, converted or decoded into scratch otherwise).
+        let stored = if vector_block { key.stored(slab, rows_needed).zip(value.stored(slab, rows_needed)) } else { None };
+        let ((k, k_quant), (v, v_quant)) = match stored {
+            Some(_) => ((&[][..], false), (&[][..], false)),
+            None => (
+                key.rows(slab, rows_needed, &mut k_scratch, &mut k_scales),
+                value.rows(slab, rows_needed, &mut v_scratch, &mut v_scales),
+            ),
+        };
         let scales = Scales {
             key: k_quant.then_some(&k_scales[..]),
             value: v_quant.then_some(&v_scales[..]),
@@ -413,6 +478,30 @@ fn run_item<K: KvRows, const AVX: bool>(
                 continue;
             }
             let n = (visible - first_key).min(bs);
+            #[cfg(target_arch = "x86_64")]
+            if vector_block {
+                let (r0, r1) = (j * group, (j + 1) * group);
+                let (k_rows, v_rows) = stored.unwrap_or((StoredFloats::F32(k), StoredFloats::F32(v)));
+                // SAFETY: `vector_block` implies AVX, true only inside the x86 entry points,
+                // entered after detecting avx2, fma and f16c (and avx512vl when WIDE).
+                let step = if WIDE { super::block_step::avx512::attend_rows } else { super::block_step::avx2::attend_rows };
+                unsafe {
+                    step(
+                        &q_rows[r0 * hd..r1 * hd],
+                        k_rows,
+                        v_rows,
+                        n,
+                        scales.key,
+                        scales.value,
+                        &zero_row,
+                        &mut scores,
+                        &mut max[r0..r1],
+                        &mut sum[r0..r1],
+                        &mut acc[r0 * hd..r1 * hd],
+                    )
+                };
+                continue;
+            }
             for h in 0..group {
                 let r = j * group + h;
                 attend_block::<AVX>(
@@ -429,6 +518,8 @@ fn run_item<K: KvRows, const AVX: bool>(
             }
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (vector_block, zero_row);
     Partial { item: *item, max, sum, acc }
 }
 
@@ -764,6 +855,121 @@ mod tests {
                 assert!((p - q).abs() < 1e-5, "weighted_sum n={n}");
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_block_step_matches_the_portable_one_for_every_partial_group() {
+        if Level::detect() == Level::Portable {
+            return;
+        }
+        let hd = 16;
+        for n in 1..=32usize {
+            for quantized in [false, true] {
+                let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.41).sin()).collect();
+                let k: Vec<f32> = (0..n * hd).map(|i| (i as f32 * 0.23).cos() * 3.0).collect();
+                let v: Vec<f32> = (0..n * hd).map(|i| (i as f32 * 0.17).sin()).collect();
+                let ks: Vec<f32> = (0..n).map(|i| 0.5 + i as f32 * 0.01).collect();
+                let vs: Vec<f32> = (0..n).map(|i| 1.5 - i as f32 * 0.02).collect();
+                let (key, value) = if quantized { (Some(&ks[..]), Some(&vs[..])) } else { (None, None) };
+                // A row that already saw a block: the step must rescale it.
+                let (mut max_a, mut sum_a, mut acc_a) = (0.7f32, 2.0f32, vec![0.25f32; hd]);
+                let (mut max_b, mut sum_b, mut acc_b) = (max_a, sum_a, acc_a.clone());
+                let (mut probs, zero) = (vec![0f32; n.div_ceil(8) * 8], vec![0f32; hd]);
+                // SAFETY: features detected above.
+                unsafe {
+                    super::super::block_step::avx2::attend_rows(
+                        &q,
+                        StoredFloats::F32(&k),
+                        StoredFloats::F32(&v),
+                        n,
+                        key,
+                        value,
+                        &zero,
+                        &mut probs,
+                        std::slice::from_mut(&mut max_a),
+                        std::slice::from_mut(&mut sum_a),
+                        &mut acc_a,
+                    )
+                };
+                let (mut scores, mut weights) = (vec![0f32; n], vec![0f32; n]);
+                let scales = Scales { key, value };
+                attend_block::<false>(
+                    &q, &k, &v, &scales, &mut scores, &mut weights, &mut max_b, &mut sum_b, &mut acc_b,
+                );
+                assert!((max_a - max_b).abs() <= 1e-5 * max_b.abs(), "n={n}: max {max_a} vs {max_b}");
+                assert!((sum_a - sum_b).abs() <= 1e-5 * sum_b, "n={n}: sum {sum_a} vs {sum_b}");
+                for (a, b) in acc_a.iter().zip(&acc_b) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "n={n}: acc {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn half_rows_read_as_stored_give_the_bits_of_rows_converted_first() {
+        if Level::detect() == Level::Portable {
+            return;
+        }
+        use half::{bf16, f16};
+        let (hd, n) = (24, 13);
+        let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.31).cos()).collect();
+        let k: Vec<f32> = (0..n * hd).map(|i| (i as f32 * 0.19).sin() * 2.0).collect();
+        let v: Vec<f32> = (0..n * hd).map(|i| (i as f32 * 0.07).cos()).collect();
+        let step = |k: StoredFloats, v: StoredFloats| {
+            let (mut max, mut sum, mut acc) = (f32::NEG_INFINITY, 0f32, vec![0f32; hd]);
+            let (mut probs, zero) = (vec![0f32; 16], vec![0f32; hd]);
+            // SAFETY: the level check above found avx2, fma and f16c.
+            unsafe {
+                super::super::block_step::avx2::attend_rows(
+                    &q,
+                    k,
+                    v,
+                    n,
+                    None,
+                    None,
+                    &zero,
+                    &mut probs,
+                    std::slice::from_mut(&mut max),
+                    std::slice::from_mut(&mut sum),
+                    &mut acc,
+                )
+            };
+            (max.to_bits(), sum.to_bits(), acc.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+        };
+        let (kh, vh): (Vec<f16>, Vec<f16>) = (k.iter().map(|&x| f16::from_f32(x)).collect(), v.iter().map(|&x| f16::from_f32(x)).collect());
+        let widened = |h: &[f16]| h.iter().map(|x| x.to_f32()).collect::<Vec<f32>>();
+        let (kw, vw) = (widened(&kh), widened(&vh));
+        assert_eq!(step(StoredFloats::F16(&kh), StoredFloats::F16(&vh)), step(StoredFloats::F32(&kw), StoredFloats::F32(&vw)));
+        let (kb, vb): (Vec<bf16>, Vec<bf16>) = (k.iter().map(|&x| bf16::from_f32(x)).collect(), v.iter().map(|&x| bf16::from_f32(x)).collect());
+        let (kw, vw): (Vec<f32>, Vec<f32>) = (kb.iter().map(|x| x.to_f32()).collect(), vb.iter().map(|x| x.to_f32()).collect());
+        assert_eq!(step(StoredFloats::Bf16(&kb), StoredFloats::Bf16(&vb)), step(StoredFloats::F32(&kw), StoredFloats::F32(&vw)));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_libm_over_the_softmax_range() {
+        if Level::detect() == Level::Portable {
+            return;
+        }
+        use std::arch::x86_64::{_mm256_loadu_ps, _mm256_storeu_ps};
+        let mut worst = 0u32;
+        for i in 0..100_000 {
+            let base = -87.0 + 87.0 * i as f32 / 100_000.0;
+            let x: [f32; 8] = std::array::from_fn(|l| (base + l as f32 * 1e-4).min(0.0));
+            let mut y = [0f32; 8];
+            // SAFETY: features detected above.
+            unsafe { _mm256_storeu_ps(y.as_mut_ptr(), super::super::block_step::avx2::exp8(_mm256_loadu_ps(x.as_ptr()))) };
+            for (xi, yi) in x.iter().zip(y) {
+                worst = worst.max(xi.exp().to_bits().abs_diff(yi.to_bits()));
+            }
+        }
+        assert!(worst <= 2, "worst error {worst} ulp");
+        let mut one = [0f32; 8];
+        // SAFETY: as above.
+        unsafe { _mm256_storeu_ps(one.as_mut_ptr(), super::super::block_step::avx2::exp8(_mm256_loadu_ps([0f32; 8].as_ptr()))) };
+        assert_eq!(one, [1.0; 8], "the row's max must weigh exactly 1");
     }
 
     #[test]

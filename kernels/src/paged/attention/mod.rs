@@ -21,6 +21,8 @@
 //! The CPU kernel also runs `paged_attention_sparse` (`crate::paged::sparse`, LycheeDecode): there
 //! a work item may walk a selection of blocks instead of a block range, with the same inner loop.
 
+#[cfg(target_arch = "x86_64")]
+mod block_step;
 pub(crate) mod cpu;
 pub mod mass;
 #[cfg(target_arch = "x86_64")]

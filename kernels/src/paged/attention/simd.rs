@@ -1,7 +1,9 @@
-//! AVX2+FMA versions of the attention kernel's two inner loops (`dot`, `weighted_sum` in
-//! [`super::cpu`]). LLVM vectorises the portable `dot` only 2 lanes wide (its SLP pass splits the
-//! 16 accumulators), and the portable weighted sum loads and stores the accumulator once per key;
-//! these keep the work in full 8-lane registers. Entered only after run-time feature detection.
+//! AVX2+FMA versions of the portable inner loops of [`super::cpu`] (`dot`, `weighted_sum`), for
+//! the heads whose width is not a multiple of 8 and for callers outside the item kernel (the
+//! block step itself is [`super::block_step`]). LLVM vectorises the portable `dot` only 2 lanes
+//! wide (its SLP pass splits the 16 accumulators), and the portable weighted sum loads and stores
+//! the accumulator once per key; these keep the work in full 8-lane registers. Entered only after
+//! run-time feature detection.
 //!
 //! Must not know: attention, softmax or the cache layout: these are plain vector loops.
 
@@ -94,3 +96,4 @@ pub(super) unsafe fn axpy_avx2(acc: &mut [f32], p: f32, v: &[f32]) {
         *a += p * x;
     }
 }
+
