@@ -16,6 +16,7 @@ pub mod cuda;
 mod elem;
 pub mod matmul;
 pub mod paged;
+mod prefetch;
 pub mod rms_norm;
 pub mod rope;
 pub mod silu_mul;

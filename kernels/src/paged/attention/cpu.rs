@@ -32,6 +32,7 @@
 use rayon::prelude::*;
 
 use crate::elem::{KernelFloat, StoredFloats};
+use crate::prefetch::prefetch_lines;
 use crate::paged::kv_dtype::{KvDtype, SCALE_BYTES};
 use crate::paged::quant::decode_row;
 use crate::paged::HostMetadata;
@@ -124,28 +125,12 @@ pub(crate) trait KvRows: Sync {
     /// Rows `[0, n)` of slab `slab` (= physical block · num_kv_heads + kv head) as f32; for a
     /// quantized cache also writes their scales into `scales[..n]` and returns true.
     fn rows<'a>(&'a self, slab: usize, n: usize, scratch: &'a mut Vec<f32>, scales: &mut [f32]) -> (&'a [f32], bool);
-    /// Asks the CPU to start loading slab `slab`'s rows. Paged blocks sit anywhere in the cache,
-    /// and hardware prefetchers stop at every page boundary: without this, a long decode waits
-    /// on memory at the start of every block (f16 then decodes no faster than f32).
+    /// Asks the CPU to start loading slab `slab`'s rows ([`crate::prefetch`]): without it a long
+    /// decode waits on memory at the start of every block (f16 then decoded no faster than f32).
     fn prefetch(&self, slab: usize);
     /// Rows `[0, n)` of slab `slab` as stored, when they are floats (the vector block step
     /// widens them while it loads: no converted copy); None for quantized rows.
     fn stored(&self, slab: usize, n: usize) -> Option<StoredFloats<'_>>;
-}
-
-/// Prefetch hints for every cache line of `bytes` (a hint: never faults, changes no result).
-#[inline(always)]
-fn prefetch_lines<T>(bytes: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (start, len) = (bytes.as_ptr().cast::<i8>(), std::mem::size_of_val(bytes));
-        for offset in (0..len).step_by(64) {
-            // SAFETY: prefetch is a hint on an address inside `bytes`; it never faults.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// A float cache `[num_blocks, num_kv_heads, block_size, head_dim]`.

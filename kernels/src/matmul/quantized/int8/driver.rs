@@ -50,6 +50,7 @@ macro_rules! kernel_driver {
             let nrows = out.len() / m;
             let mut j = 0;
             while j < nrows {
+                super::prefetch_rows(w, row0 + j + super::PREFETCH_AHEAD, NR);
                 if j + NR <= nrows {
                     super::store(&tile::<F, L, NR, MR>(w, row0 + j, x, r0), out, nrows, r0, j);
                     j += NR;

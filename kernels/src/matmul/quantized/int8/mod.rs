@@ -34,14 +34,27 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 
 #[cfg(target_arch = "x86_64")]
-use super::driver::store;
+use super::driver::{store, PREFETCH_AHEAD};
 pub use pack::Packed;
 use quant::Rows;
+
+#[cfg(target_arch = "x86_64")]
+use crate::prefetch::prefetch_range;
 
 /// x rows that share one pass over a weight block in the SIMD kernels.
 const GROUP: usize = 4;
 /// Weight rows per rayon task (a multiple of every register tile's row count).
 const ROWS_PER_TASK: usize = 48;
+
+/// Prefetch hints for the packed integers and scales of `count` weight rows from `row`
+/// ([`PREFETCH_AHEAD`] ahead of the tile: see there why).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_rows(w: &Packed, row: usize, count: usize) {
+    let row_bytes = w.pairs * w.format.pair_bytes();
+    prefetch_range(&w.qs, row * row_bytes..(row + count) * row_bytes);
+    prefetch_range(&w.scales, row * w.pairs * 4..(row + count) * w.pairs * 4);
+}
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
