@@ -16,16 +16,15 @@ use kvault_kernels::{
     SparseDecodePlan,
 };
 
-use super::{Linear, RotaryEmbedding};
+use super::{Linear, LinearGroup, RotaryEmbedding};
 use crate::config::ModelConfig;
 use crate::model::{AttentionObserver, LayerAttention};
 use crate::weights::{WeightName, WeightSource};
 
 #[derive(Clone, Debug)]
 pub struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v (one matmul when their weights stack).
+    qkv: LinearGroup,
     o: Linear,
     /// Per-head RMSNorm weights for q and k (Qwen3).
     qk_norm: Option<(Tensor, Tensor)>,
@@ -50,9 +49,11 @@ impl Attention {
             None
         };
         Ok(Self {
-            q: Linear::load(w, WeightName::Q(layer), bias(WeightName::QBias(layer)), q_dim, h, dtype, device)?,
-            k: Linear::load(w, WeightName::K(layer), bias(WeightName::KBias(layer)), kv_dim, h, dtype, device)?,
-            v: Linear::load(w, WeightName::V(layer), bias(WeightName::VBias(layer)), kv_dim, h, dtype, device)?,
+            qkv: LinearGroup::new(vec![
+                Linear::load(w, WeightName::Q(layer), bias(WeightName::QBias(layer)), q_dim, h, dtype, device)?,
+                Linear::load(w, WeightName::K(layer), bias(WeightName::KBias(layer)), kv_dim, h, dtype, device)?,
+                Linear::load(w, WeightName::V(layer), bias(WeightName::VBias(layer)), kv_dim, h, dtype, device)?,
+            ])?,
             o: Linear::load(w, WeightName::O(layer), cfg.o_bias.then_some(WeightName::OBias(layer)), h, q_dim, dtype, device)?,
             qk_norm,
             num_heads: cfg.num_heads,
@@ -78,9 +79,10 @@ impl Attention {
         sparse: Option<&mut SparseSelection>,
     ) -> Result<Tensor> {
         let tokens = x.dim(0)?;
-        let q = self.q.forward(x)?.reshape((tokens, self.num_heads, self.head_dim))?;
-        let k = self.k.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
-        let v = self.v.forward(x)?.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let [q, k, v]: [Tensor; 3] = self.qkv.forward(x)?.try_into().map_err(|_| anyhow::anyhow!("three projections expected"))?;
+        let q = q.reshape((tokens, self.num_heads, self.head_dim))?;
+        let k = k.reshape((tokens, self.num_kv_heads, self.head_dim))?;
+        let v = v.reshape((tokens, self.num_kv_heads, self.head_dim))?;
         let (q, k) = match &self.qk_norm {
             Some((qn, kn)) => (rms_norm(&q, qn, self.eps)?, rms_norm(&k, kn, self.eps)?),
             None => (q, k),

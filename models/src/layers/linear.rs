@@ -53,6 +53,27 @@ impl Linear {
         Self::from_matrix(matrix, bias, out_dim)
     }
 
+    /// One layer whose output is `parts`' outputs side by side, bit for bit, when their weights
+    /// stack (CPU-quantized in one format and row length, with a bias on all or none of them).
+    pub fn stack(parts: &[Linear]) -> Result<Option<Linear>> {
+        let mut matrices = Vec::with_capacity(parts.len());
+        for p in parts {
+            match &p.weight {
+                Weight::QuantizedCpu(q) => matrices.push(q.clone()),
+                _ => return Ok(None),
+            }
+        }
+        let Some(stacked) = QuantizedMatrix::stack(&matrices) else { return Ok(None) };
+        let biases: Vec<&Tensor> = parts.iter().filter_map(|p| p.bias.as_ref()).collect();
+        let bias = match biases.len() {
+            0 => None,
+            n if n == parts.len() => Some(Tensor::cat(&biases, 0)?),
+            _ => return Ok(None),
+        };
+        let out_dim = parts.iter().map(|p| p.out_dim).sum();
+        Ok(Some(Self { weight: Weight::QuantizedCpu(stacked), bias, out_dim }))
+    }
+
     pub fn out_dim(&self) -> usize {
         self.out_dim
     }

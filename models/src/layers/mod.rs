@@ -9,6 +9,7 @@ mod attention;
 mod decoder;
 mod embedding;
 mod linear;
+mod linear_group;
 mod mlp;
 mod rotary;
 
@@ -16,5 +17,6 @@ pub use attention::Attention;
 pub use decoder::{DecoderLayer, Transformer};
 pub use embedding::Embedding;
 pub use linear::Linear;
+pub use linear_group::LinearGroup;
 pub use mlp::Mlp;
 pub use rotary::RotaryEmbedding;

@@ -133,6 +133,45 @@ impl QuantizedMatrix {
         Ok(Self { weights: Weights::Blocks(q), dtype, out_dim, in_dim, row_bytes })
     }
 
+    /// One matrix whose rows are `parts`' rows in order, when they can run as one matmul: the
+    /// same format, row length and kernel (the repacked layouts; the raw-block fallback does not
+    /// stack). Every output element is computed exactly as in its part, so `x Wᵀ` of the stack
+    /// is the parts' outputs side by side, bit for bit — while x is read, and on the int paths
+    /// quantized, once instead of once per part (q/k/v, gate/up).
+    pub fn stack(parts: &[QuantizedMatrix]) -> Option<QuantizedMatrix> {
+        let first = parts.first()?;
+        let alike = |p: &&QuantizedMatrix| p.dtype == first.dtype && p.in_dim == first.in_dim;
+        if !parts.iter().all(|p| alike(&p)) {
+            return None;
+        }
+        let weights = match &first.weights {
+            Weights::Int8(_, kernel, levels) => {
+                let mut packed = Vec::new();
+                for p in parts {
+                    match &p.weights {
+                        Weights::Int8(w, k, l) if k == kernel && l == levels => packed.push(w.as_ref()),
+                        _ => return None,
+                    }
+                }
+                Weights::Int8(Arc::new(int8::Packed::stack(&packed)), *kernel, *levels)
+            }
+            #[cfg(target_arch = "x86_64")]
+            Weights::Packed(_, kernel) => {
+                let mut packed = Vec::new();
+                for p in parts {
+                    match &p.weights {
+                        Weights::Packed(w, k) if k == kernel => packed.push(w.as_ref()),
+                        _ => return None,
+                    }
+                }
+                Weights::Packed(Arc::new(pack::Packed::stack(&packed)), *kernel)
+            }
+            Weights::Blocks(_) => return None,
+        };
+        let out_dim = parts.iter().map(|p| p.out_dim).sum();
+        Some(Self { weights, dtype: first.dtype, out_dim, in_dim: first.in_dim, row_bytes: first.row_bytes })
+    }
+
     pub fn dtype(&self) -> GgmlDType {
         self.dtype
     }

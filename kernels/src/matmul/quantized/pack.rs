@@ -28,6 +28,16 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// The rows of `parts` in order (same format and row length: the caller checks).
+    pub fn stack(parts: &[&Packed]) -> Self {
+        Self {
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+            scales: parts.iter().flat_map(|p| p.scales.iter().copied()).collect(),
+            qs_bytes: parts[0].qs_bytes,
+            scales_per_block: parts[0].scales_per_block,
+        }
+    }
+
     /// Repacks whole rows of ggml blocks (`data` holds exactly `rows * k / 32` blocks).
     pub fn new(dtype: GgmlDType, data: &[u8], rows: usize, k: usize) -> Result<Self> {
         let (block, header, qs_bytes, scales_per_block) = match dtype {

@@ -174,3 +174,40 @@ fn each_fused_kernel_is_accurate_and_batch_invariant() {
         }
     }
 }
+
+#[test]
+fn a_stack_of_matrices_gives_their_outputs_side_by_side_bit_for_bit() {
+    let k = 96;
+    for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for precision in [MatmulPrecision::Exact, MatmulPrecision::Int8, MatmulPrecision::Int16] {
+            let part = |n: usize, seed: u64| {
+                let q = Arc::new(QTensor::quantize(&tensor(n, k, seed), dtype).unwrap());
+                QuantizedMatrix::with_precision(q, precision).unwrap()
+            };
+            // q/k/v-like shapes; 13 rows: not a multiple of any register tile or task.
+            let parts = [part(24, 1), part(8, 2), part(13, 3)];
+            let Some(stack) = QuantizedMatrix::stack(&parts) else {
+                assert!(matches!(parts[0].weights, Weights::Blocks(_)), "{dtype:?} {precision:?} did not stack");
+                continue;
+            };
+            assert_eq!((stack.out_dim(), stack.in_dim()), (45, k));
+            for m in [1, 5] {
+                let x = tensor(m, k, 40 + m as u64);
+                let whole = stack.matmul(&x).unwrap();
+                let mut at = 0;
+                for p in &parts {
+                    let alone = p.matmul(&x).unwrap();
+                    assert_eq!(bits(&whole.narrow(1, at, p.out_dim()).unwrap()), bits(&alone), "{dtype:?} {precision:?} m={m}");
+                    at += p.out_dim();
+                }
+            }
+        }
+    }
+    // Different formats or row lengths do not stack.
+    let a = QuantizedMatrix::new(Arc::new(QTensor::quantize(&tensor(8, 64, 1), GgmlDType::Q4_0).unwrap())).unwrap();
+    let b = QuantizedMatrix::new(Arc::new(QTensor::quantize(&tensor(8, 64, 2), GgmlDType::Q8_0).unwrap())).unwrap();
+    let c = QuantizedMatrix::new(Arc::new(QTensor::quantize(&tensor(8, 96, 3), GgmlDType::Q4_0).unwrap())).unwrap();
+    assert!(QuantizedMatrix::stack(&[a.clone(), b]).is_none());
+    assert!(QuantizedMatrix::stack(&[a, c]).is_none());
+    assert!(QuantizedMatrix::stack(&[]).is_none());
+}

@@ -442,9 +442,12 @@ fn run_item<K: KvRows, const AVX: bool, const WIDE: bool>(
         let first_key = logical * bs;
         // Rows past every query's view may hold another sequence's leftovers: never decoded.
         let rows_needed = (last_key - first_key).min(bs);
-        // The vector block step reads float rows where they are stored; everything else gets f32
-        // rows (borrowed for an f32 cache, converted or decoded into scratch otherwise).
+        // The vector block step reads float rows where they are stored when one query reads
+        // the block (decode: converting into scratch would be a second pass over memory);
+        // a prefill tile, which reads each block once per query, converts f16/bf16 once into
+        // scratch instead. f32 rows are always read in place.
         let stored = if vector_block { key.stored(slab, rows_needed).zip(value.stored(slab, rows_needed)) } else { None };
+        let stored = stored.filter(|(k, _)| n_queries == 1 || matches!(k, StoredFloats::F32(_)));
         let ((k, k_quant), (v, v_quant)) = match stored {
             Some(_) => ((&[][..], false), (&[][..], false)),
             None => (

@@ -33,6 +33,16 @@ pub struct Packed {
 }
 
 impl Packed {
+    /// The rows of `parts` in order (same format and row length: the caller checks).
+    pub fn stack(parts: &[&Packed]) -> Self {
+        Self {
+            format: parts[0].format,
+            qs: parts.iter().flat_map(|p| p.qs.iter().copied()).collect(),
+            scales: parts.iter().flat_map(|p| p.scales.iter().copied()).collect(),
+            pairs: parts[0].pairs,
+        }
+    }
+
     /// Repacks whole rows of ggml blocks (`data` holds exactly `rows * k / 32` blocks).
     pub fn new(dtype: GgmlDType, data: &[u8], rows: usize, k: usize) -> Result<Self> {
         let (format, block) = match dtype {
