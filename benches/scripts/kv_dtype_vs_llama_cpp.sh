@@ -14,7 +14,7 @@ done
 for t in f16 q8_0; do
   "$BIN/llama-bench" -m "$M" -t 2 -p 0 -n 128 -fa on -ctk $t -ctv $t -r 3 -o md
 done
-for d in f32 int8; do
+for d in f32 f16 int8; do
   "$K" bench latency --model "$M" --input-len 4096 --output-len 64 --num-iters 1 --num-iters-warmup 0 --kv-cache-dtype $d
 done
 for t in f16 q8_0; do
