@@ -24,7 +24,10 @@
 //!
 //! Cache dtypes: an item reads each block's rows through [`KvRows`]: float rows as f32, or
 //! int8/fp8 codes as f32 with one scale per row, applied after the q·k dot (keys) and folded into
-//! the probabilities (values), so dequantized rows are never built.
+//! the probabilities (values), so dequantized rows are never built. On x86 the inner step is the
+//! vector block step ([`super::block_step`]), which also reads f16/bf16 rows where they are stored
+//! in a decode; the portable step below is the reference and the fallback. Each item prefetches
+//! its next block while it computes the current one.
 //!
 //! Must not know: candle tensors or metadata validation (the caller guarantees in-range block
 //! ids and consistent lengths; see `AttentionMetadata::new`).
@@ -304,10 +307,10 @@ pub(super) fn plan_len(host: &HostMetadata, g: &Geometry) -> usize {
     plan(host, g).len()
 }
 
-/// The instruction-set level the item kernel runs at. The inner dot and weighted-sum loops are
-/// the same AVX2+FMA intrinsics at both x86 levels, so an f32 cache gives the same bits on an
-/// AVX2 and an AVX-512 machine; AVX-512 only widens the loops LLVM vectorises (dequantizing
-/// int8/fp8 codes, converting f16/bf16 rows, rescaling).
+/// The instruction-set level the item kernel runs at. The block step is the same 8-lane
+/// AVX2+FMA+F16C instructions at both x86 levels ([`super::block_step`]), so every cache dtype
+/// gives the same bits on an AVX2 and an AVX-512 machine; AVX-512 only adds registers (a query's
+/// GQA rows run together) and widens the loops LLVM vectorises (dequantizing int8/fp8 codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Level {
     Portable,
@@ -321,7 +324,7 @@ impl Level {
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
-                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("f16c") {
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") {
                     return Level::Avx512;
                 }
                 return Level::Avx2;
