@@ -3,30 +3,17 @@
 //! models crate loads; the heuristic marks exactly round(density × heads) heads plus layer 0;
 //! `--resume` replays the same steps; bad input is a one-line error.
 
+mod cli_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+
+use cli_support::{alice, kvault};
 
 use kvault_models::head_roles::load_head_roles;
 
-fn kvault(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvault")).args(args).stdin(Stdio::null()).output().expect("the kvault binary runs")
-}
-
-fn text() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/texts/alice_in_wonderland.txt");
-    assert!(p.is_file(), "shared test assets missing: expected {}", p.display());
-    p
-}
-
-/// The error: the last line of stderr, starting with `error: `, and the only such line besides
-/// the command's progress notes.
 fn one_line_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let last = stderr.lines().last().unwrap_or_default().to_string();
-    assert!(last.starts_with("error: "), "not a one-line error: {stderr}");
-    assert_eq!(stderr.lines().filter(|l| !l.starts_with("calibrate-heads:")).count(), 1, "not one line: {stderr}");
-    last
+    cli_support::one_line_error(out, "calibrate-heads:")
 }
 
 /// A small stories260K run; `extra` (flag, value) pairs replace the defaults or add flags (a
@@ -70,7 +57,7 @@ fn provenance(out: &Path) -> serde_json::Value {
 fn a_few_hardkuma_steps_move_the_density_toward_the_target_and_write_a_loadable_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("roles.safetensors");
-    let run = calibrate(&out, &[("--data", text().to_str().unwrap())]);
+    let run = calibrate(&out, &[("--data", alice().to_str().unwrap())]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let rho = densities(&run);
     assert_eq!(rho.len(), 6, "{}", String::from_utf8_lossy(&run.stderr));

@@ -3,34 +3,21 @@
 //! trimkv --kv-gates` loads and evicts with; `--resume` continues from the checkpoint; bad input
 //! (gates for another model, a corrupt file, `--budget 0`) is a one-line error.
 
+mod cli_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-fn kvault(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvault")).args(args).stdin(Stdio::null()).output().expect("the kvault binary runs")
-}
+use cli_support::{alice, kvault};
 
-fn text() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/texts/alice_in_wonderland.txt");
-    assert!(p.is_file(), "shared test assets missing: expected {}", p.display());
-    p
-}
-
-/// The error: the last line of stderr, starting with `error: `, and the only such line (progress
-/// notes may precede it).
 fn one_line_error(out: &Output) -> String {
-    assert!(!out.status.success(), "expected a failure");
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    let last = stderr.lines().last().unwrap_or_default().to_string();
-    assert!(last.starts_with("error: "), "not a one-line error: {stderr}");
-    assert_eq!(stderr.lines().filter(|l| !l.starts_with("train-gates:")).count(), 1, "not one line: {stderr}");
-    last
+    cli_support::one_line_error(out, "train-gates:")
 }
 
 /// A small run on stories260K; `extra` (flag, value) pairs replace the defaults or add flags
 /// (a value of "" adds a bare flag).
 fn train(out: &Path, steps: &str, extra: &[(&str, &str)]) -> Output {
-    let text = text();
+    let text = alice();
     let mut flags: Vec<(&str, &str)> = vec![
         ("--data", text.to_str().unwrap()), ("--budget", "16"), ("--seq-len", "96"), ("--steps", steps), ("--lr", "2e-2"),
         ("--hidden", "8"), ("--bias-init", "4"), ("--checkpoint-every", "10"), ("--seed", "3"), ("--out", out.to_str().unwrap()),

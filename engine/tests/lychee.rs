@@ -28,21 +28,6 @@ fn mostly_sparse(model: LoadedModel) -> LoadedModel {
     with_roles(model, |l, h| l == 2 && h == 0)
 }
 
-fn run(model: LoadedModel, reqs: &[(Vec<u32>, SamplingParams, KvPolicy)]) -> Vec<Collected> {
-    let engine = EngineHandle::start(model, config(2048)).unwrap();
-    let streams: Vec<_> = reqs
-        .iter()
-        .map(|(p, sp, kv)| {
-            let mut r = NewRequest::new(p.clone(), sp.clone());
-            r.kv = *kv;
-            engine.submit(r).unwrap()
-        })
-        .collect();
-    let out = streams.into_iter().map(collect).collect();
-    engine.check_idle().unwrap();
-    out
-}
-
 fn lychee(budget: usize) -> KvPolicy {
     KvPolicy::Lychee { budget, sink_tokens: (budget / 8).max(1), recent_window: (budget / 4).max(1) }
 }
@@ -62,8 +47,8 @@ fn with_policy(reqs: &[(Vec<u32>, SamplingParams, KvPolicy)], kv: KvPolicy) -> V
 fn all_retrieval_heads_at_a_small_budget_are_bit_identical_to_full() {
     let m = stories();
     let reqs = requests(&m, 6, 200, 60, KvPolicy::Full);
-    let full = run(with_roles(stories(), |_, _| true), &reqs);
-    let got = run(with_roles(stories(), |_, _| true), &with_policy(&reqs, lychee(32)));
+    let full = run_with_policies(with_roles(stories(), |_, _| true), &reqs);
+    let got = run_with_policies(with_roles(stories(), |_, _| true), &with_policy(&reqs, lychee(32)));
     for (i, (g, f)) in got.iter().zip(&full).enumerate() {
         assert_eq!(g.ids, f.ids, "request {i}");
         assert_eq!(g.logprobs, f.logprobs, "request {i}: logprobs must be bit-identical");
@@ -76,12 +61,12 @@ fn a_budget_covering_the_request_is_bit_identical_to_full_whatever_the_roles() {
     let m = stories();
     let max_tokens = 40;
     let reqs = requests(&m, 6, 200, max_tokens, KvPolicy::Full);
-    let full = run(mostly_sparse(stories()), &reqs);
+    let full = run_with_policies(mostly_sparse(stories()), &reqs);
     let covering: Vec<_> = reqs
         .iter()
         .map(|(p, sp, _)| (p.clone(), sp.clone(), lychee((p.len() + max_tokens).next_multiple_of(16))))
         .collect();
-    let got = run(mostly_sparse(stories()), &covering);
+    let got = run_with_policies(mostly_sparse(stories()), &covering);
     for (i, (g, f)) in got.iter().zip(&full).enumerate() {
         assert_eq!(g.ids, f.ids, "request {i}");
         assert_eq!(g.logprobs, f.logprobs, "request {i}");
@@ -94,14 +79,14 @@ fn sparse_heads_under_a_small_budget_read_less_and_leave_their_neighbours_alone(
     // Prompts of 150–250 tokens: 10–16 blocks, of which a sparse head reads 3.
     let reqs: Vec<_> = requests(&m, 12, 250, 30, KvPolicy::Full).into_iter().filter(|(p, _, _)| p.len() >= 150).collect();
     assert!(reqs.len() >= 3, "need long prompts");
-    let full = run(mostly_sparse(stories()), &reqs);
+    let full = run_with_policies(mostly_sparse(stories()), &reqs);
     // Every other request is lychee: the full ones beside them must not move by a bit.
     let mixed: Vec<_> = reqs
         .iter()
         .enumerate()
         .map(|(i, (p, sp, _))| (p.clone(), sp.clone(), if i % 2 == 0 { lychee(48) } else { KvPolicy::Full }))
         .collect();
-    let got = run(mostly_sparse(stories()), &mixed);
+    let got = run_with_policies(mostly_sparse(stories()), &mixed);
     let mut moved = 0;
     for (i, (g, f)) in got.iter().zip(&full).enumerate() {
         assert_eq!(g.ids.len(), f.ids.len(), "request {i} finished");

@@ -39,31 +39,16 @@ fn stories_with_retention_one() -> LoadedModel {
     m.with_retention_gates(g).unwrap()
 }
 
-fn run(model: LoadedModel, reqs: &[(Vec<u32>, SamplingParams, KvPolicy)]) -> Vec<Collected> {
-    let engine = EngineHandle::start(model, config(2048)).unwrap();
-    let streams: Vec<_> = reqs
-        .iter()
-        .map(|(p, sp, kv)| {
-            let mut r = NewRequest::new(p.clone(), sp.clone());
-            r.kv = *kv;
-            engine.submit(r).unwrap()
-        })
-        .collect();
-    let out = streams.into_iter().map(collect).collect();
-    engine.check_idle().unwrap();
-    out
-}
-
 #[test]
 fn retention_one_with_a_budget_of_the_length_is_bit_identical_to_full() {
     let m = stories();
     let max_tokens = 40;
     let reqs: Vec<_> = prompts(&m, 8, 200).into_iter().map(|p| (p, SamplingParams { logprobs: Some(3), ..greedy(max_tokens) })).collect();
-    let full = run(stories_with_retention_one(), &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::Full)).collect::<Vec<_>>());
+    let full = run_with_policies(stories_with_retention_one(), &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::Full)).collect::<Vec<_>>());
     // Budget = prompt + max_tokens − 1: the request goes through the eviction machinery (its
     // gates run in every layer) but never holds more than its budget.
     let trim: Vec<_> = reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::TrimKv { budget: p.len() + max_tokens - 1 })).collect();
-    let got = run(stories_with_retention_one(), &trim);
+    let got = run_with_policies(stories_with_retention_one(), &trim);
     for (i, (g, f)) in got.iter().zip(&full).enumerate() {
         assert_eq!(g.ids, f.ids, "request {i}");
         assert_eq!(g.logprobs, f.logprobs, "request {i}: logprobs must be bit-identical");
@@ -76,11 +61,11 @@ fn retention_one_under_a_small_budget_keeps_exactly_the_newest_tokens() {
     let m = stories();
     let reqs: Vec<_> = prompts(&m, 6, 150).into_iter().map(|p| (p, SamplingParams { logprobs: Some(3), ..greedy(60) })).collect();
     let budget = 24;
-    let window = run(
+    let window = run_with_policies(
         stories_with_retention_one(),
         &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::Streaming { budget, sink_tokens: 0 })).collect::<Vec<_>>(),
     );
-    let trim = run(stories_with_retention_one(), &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::TrimKv { budget })).collect::<Vec<_>>());
+    let trim = run_with_policies(stories_with_retention_one(), &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::TrimKv { budget })).collect::<Vec<_>>());
     for (i, (t, w)) in trim.iter().zip(&window).enumerate() {
         assert!(t.done.kv.tokens_evicted > 0, "request {i} never evicted: the test would be vacuous");
         assert_eq!(t.ids, w.ids, "request {i}");
@@ -96,7 +81,7 @@ fn shipped_gates_evict_within_the_budget() {
     let m = m.with_retention_gates(gates).unwrap();
     let reqs: Vec<_> = prompts(&m, 4, 150).into_iter().map(|p| (p, greedy(80))).collect();
     let budget = 32;
-    let got = run(m, &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::TrimKv { budget })).collect::<Vec<_>>());
+    let got = run_with_policies(m, &reqs.iter().map(|(p, sp)| (p.clone(), sp.clone(), KvPolicy::TrimKv { budget })).collect::<Vec<_>>());
     for (i, (g, (p, _))) in got.iter().zip(&reqs).enumerate() {
         assert_eq!(g.ids.len(), 80, "request {i}");
         assert!(g.done.kv.tokens_evicted > 0, "request {i}");

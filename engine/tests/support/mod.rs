@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use kvault_engine::engine::EngineConfig;
 use kvault_engine::events::{Completion, RequestEvent, TokenLogprob};
 use kvault_engine::handle::{EngineHandle, RequestStream};
+use kvault_engine::kv_policy::KvPolicy;
 use kvault_engine::request::NewRequest;
 use kvault_engine::sampler::SamplingParams;
 use kvault_engine::sizing::CacheBudget;
@@ -95,4 +96,21 @@ pub fn run_all(engine: &EngineHandle, reqs: &[(Vec<u32>, SamplingParams)]) -> Ve
 pub fn run_alone(model: fn() -> LoadedModel, reqs: &[(Vec<u32>, SamplingParams)]) -> Vec<Collected> {
     let engine = EngineHandle::start(model(), EngineConfig { enable_prefix_caching: false, ..config(2048) }).unwrap();
     reqs.iter().map(|r| run_all(&engine, std::slice::from_ref(r)).pop().unwrap()).collect()
+}
+
+/// On a fresh engine, submits every request at once, each with its own KV policy, collects them
+/// all, and checks the engine is idle after (no block leaked).
+pub fn run_with_policies(model: LoadedModel, reqs: &[(Vec<u32>, SamplingParams, KvPolicy)]) -> Vec<Collected> {
+    let engine = EngineHandle::start(model, config(2048)).unwrap();
+    let streams: Vec<RequestStream> = reqs
+        .iter()
+        .map(|(p, sp, kv)| {
+            let mut r = NewRequest::new(p.clone(), sp.clone());
+            r.kv = *kv;
+            engine.submit(r).unwrap()
+        })
+        .collect();
+    let out = streams.into_iter().map(collect).collect();
+    engine.check_idle().unwrap();
+    out
 }

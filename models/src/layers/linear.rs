@@ -59,7 +59,7 @@ impl Linear {
         let mut matrices = Vec::with_capacity(parts.len());
         for p in parts {
             match &p.weight {
-                Weight::QuantizedCpu(q) => matrices.push(q.clone()),
+                Weight::QuantizedCpu(q) => matrices.push(q),
                 _ => return Ok(None),
             }
         }

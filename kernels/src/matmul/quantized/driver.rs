@@ -10,14 +10,6 @@
 /// x rows multiplied by one unpacked block; larger batches run group after group.
 pub const GROUP: usize = 8;
 
-/// How many weight rows ahead of the tile the int8 kernels ask the CPU to load. A batch-1
-/// decode streams every weight once with little arithmetic per byte, and the hardware
-/// prefetchers restart at every page: in `perf`, the int8 tile's weight loads were most of its
-/// time (batch-1 decode +20–25% with the hints). A few hundred nanoseconds of work ahead (rows
-/// are 288–900 bytes on SmolLM2's shapes; 4 to 64 rows measured alike). The fused (exact)
-/// kernels, bound by unpacking rather than memory, gained nothing from them.
-pub const PREFETCH_AHEAD: usize = 16;
-
 /// Stores an `NR × MR` tile (weight rows × x rows) at weight row `j` of x rows `r0..`.
 #[inline]
 pub fn store<const NR: usize, const MR: usize>(t: &[[f32; MR]; NR], out: &mut [f32], nrows: usize, r0: usize, j: usize) {

@@ -138,10 +138,9 @@ impl QuantizedMatrix {
     /// stack). Every output element is computed exactly as in its part, so `x Wᵀ` of the stack
     /// is the parts' outputs side by side, bit for bit — while x is read, and on the int paths
     /// quantized, once instead of once per part (q/k/v, gate/up).
-    pub fn stack(parts: &[QuantizedMatrix]) -> Option<QuantizedMatrix> {
-        let first = parts.first()?;
-        let alike = |p: &&QuantizedMatrix| p.dtype == first.dtype && p.in_dim == first.in_dim;
-        if !parts.iter().all(|p| alike(&p)) {
+    pub fn stack(parts: &[&QuantizedMatrix]) -> Option<QuantizedMatrix> {
+        let first = *parts.first()?;
+        if !parts.iter().all(|p| p.dtype == first.dtype && p.in_dim == first.in_dim) {
             return None;
         }
         let weights = match &first.weights {

@@ -186,7 +186,7 @@ fn a_stack_of_matrices_gives_their_outputs_side_by_side_bit_for_bit() {
             };
             // q/k/v-like shapes; 13 rows: not a multiple of any register tile or task.
             let parts = [part(24, 1), part(8, 2), part(13, 3)];
-            let Some(stack) = QuantizedMatrix::stack(&parts) else {
+            let Some(stack) = QuantizedMatrix::stack(&parts.iter().collect::<Vec<_>>()) else {
                 assert!(matches!(parts[0].weights, Weights::Blocks(_)), "{dtype:?} {precision:?} did not stack");
                 continue;
             };
@@ -207,7 +207,7 @@ fn a_stack_of_matrices_gives_their_outputs_side_by_side_bit_for_bit() {
     let a = QuantizedMatrix::new(Arc::new(QTensor::quantize(&tensor(8, 64, 1), GgmlDType::Q4_0).unwrap())).unwrap();
     let b = QuantizedMatrix::new(Arc::new(QTensor::quantize(&tensor(8, 64, 2), GgmlDType::Q8_0).unwrap())).unwrap();
     let c = QuantizedMatrix::new(Arc::new(QTensor::quantize(&tensor(8, 96, 3), GgmlDType::Q4_0).unwrap())).unwrap();
-    assert!(QuantizedMatrix::stack(&[a.clone(), b]).is_none());
-    assert!(QuantizedMatrix::stack(&[a, c]).is_none());
+    assert!(QuantizedMatrix::stack(&[&a, &b]).is_none());
+    assert!(QuantizedMatrix::stack(&[&a, &c]).is_none());
     assert!(QuantizedMatrix::stack(&[]).is_none());
 }

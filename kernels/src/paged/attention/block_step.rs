@@ -83,22 +83,36 @@ macro_rules! block_step {
                 "attend_rows: slices do not fit {rows} rows of width {hd} over {n} keys"
             );
             let block = Block { k: k.bytes(), v: v.bytes(), n, hd, key_scales, value_scales, zero_row };
+            let rows_of_kind = match (k, v) {
+                (StoredFloats::F32(_), StoredFloats::F32(_)) => steps::<F32>,
+                (StoredFloats::F16(_), StoredFloats::F16(_)) => steps::<F16>,
+                (StoredFloats::Bf16(_), StoredFloats::Bf16(_)) => steps::<BF16>,
+                _ => panic!("attend_rows: key and value rows of different types"),
+            };
+            rows_of_kind(&block, q, probs, max, sum, acc);
+        }
+
+        /// [`attend_rows`] over every row, up to `$max_rows` rows per [`step`], rows of kind `KIND`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn steps<const KIND: u8>(
+            b: &Block,
+            q: &[f32],
+            probs: &mut [f32],
+            max: &mut [f32],
+            sum: &mut [f32],
+            acc: &mut [f32],
+        ) {
+            let (rows, hd, stride) = (max.len(), b.hd, b.n.div_ceil(8) * 8);
             let mut r = 0;
             while r < rows {
                 let take = (rows - r).min($max_rows);
                 let (qs, ps) = (&q[r * hd..(r + take) * hd], &mut probs[r * stride..(r + take) * stride]);
                 let (m, s, a) = (&mut max[r..r + take], &mut sum[r..r + take], &mut acc[r * hd..(r + take) * hd]);
-                match (take, k, v) {
-                    (3, StoredFloats::F32(_), StoredFloats::F32(_)) => step::<F32, 3>(&block, qs, ps, m, s, a),
-                    (2, StoredFloats::F32(_), StoredFloats::F32(_)) => step::<F32, 2>(&block, qs, ps, m, s, a),
-                    (_, StoredFloats::F32(_), StoredFloats::F32(_)) => step::<F32, 1>(&block, qs, ps, m, s, a),
-                    (3, StoredFloats::F16(_), StoredFloats::F16(_)) => step::<F16, 3>(&block, qs, ps, m, s, a),
-                    (2, StoredFloats::F16(_), StoredFloats::F16(_)) => step::<F16, 2>(&block, qs, ps, m, s, a),
-                    (_, StoredFloats::F16(_), StoredFloats::F16(_)) => step::<F16, 1>(&block, qs, ps, m, s, a),
-                    (3, StoredFloats::Bf16(_), StoredFloats::Bf16(_)) => step::<BF16, 3>(&block, qs, ps, m, s, a),
-                    (2, StoredFloats::Bf16(_), StoredFloats::Bf16(_)) => step::<BF16, 2>(&block, qs, ps, m, s, a),
-                    (_, StoredFloats::Bf16(_), StoredFloats::Bf16(_)) => step::<BF16, 1>(&block, qs, ps, m, s, a),
-                    _ => panic!("attend_rows: key and value rows of different types"),
+                match take {
+                    3 => step::<KIND, 3>(b, qs, ps, m, s, a),
+                    2 => step::<KIND, 2>(b, qs, ps, m, s, a),
+                    _ => step::<KIND, 1>(b, qs, ps, m, s, a),
                 }
                 r += take;
             }
